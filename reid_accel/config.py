@@ -1,0 +1,272 @@
+"""Typed experiment configuration: plain YAML mapped onto dataclasses, overridable from the command line.
+
+Every key of every YAML file in `configs/` is a field below. Loading is strict: an unknown key, a value of the
+wrong type or a malformed override raises `ConfigError` naming the key, so a typo never trains silently with a
+default. Defaults are the published recipe of the paper (see METHOD.md).
+"""
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from reid_accel.errors import ConfigError
+
+DATA_ROOT_ENV = "REID_DATA_ROOT"
+
+
+@dataclass
+class DomainConfig:
+    """One dataset: a benchmark name, the folder it was extracted to and its parser options."""
+
+    name: str = "market1501"
+    root: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def resolved_root(self) -> Path:
+        """`root` made absolute: relative roots are looked up under `$REID_DATA_ROOT` when it is set."""
+        root = Path(os.path.expandvars(self.root)).expanduser()
+        if not root.is_absolute() and os.environ.get(DATA_ROOT_ENV):
+            root = Path(os.environ[DATA_ROOT_ENV]).expanduser() / root
+        return root
+
+
+@dataclass
+class DataConfig:
+    """Datasets, image size and the batch layout.
+
+    `batch_size` is the global batch summed over processes, half source and half target; each process gets
+    `batch_size / num_processes` images, and every BatchNorm sees that per-process batch.
+    """
+
+    source: DomainConfig = field(default_factory=DomainConfig)
+    target: DomainConfig | None = None
+    eval: DomainConfig | None = None
+    height: int = 256
+    width: int = 128
+    batch_size: int = 256
+    eval_batch_size: int = 256
+    num_workers: int = 4
+    pad: int = 10
+    flip_prob: float = 0.5
+    erasing_prob: float = 0.5
+
+
+@dataclass
+class ModelConfig:
+    """The encoder: a timm backbone with last-stride surgery and a BNNeck."""
+
+    backbone: str = "resnet50.tv_in1k"
+    pretrained: bool = True
+    pretrained_path: str | None = None
+    last_stride: int = 1
+    sync_bn: bool = False
+    channels_last: bool = False
+    compile: bool = False
+
+
+@dataclass
+class ObjectiveConfig:
+    """Loss terms and their schedule; epochs are 1-based and a term is on once `epoch > *_start_epoch`."""
+
+    target_branch: bool = True
+    neighbor_mode: int = 1
+    scale: float = 10.0
+    neighbor_eps: float = 0.8
+    intra_start_epoch: int = 10
+    intra_weight: float = 1.0
+    inter_start_epoch: int = 30
+    inter_weight: float = 0.5
+    agnostic_weight: float = 0.1
+    memory_momentum: float = 0.6
+    mixup: bool = True
+    mixup_start_epoch: int = 1
+    mixup_alpha: float = 0.6
+    mixup_lambda_per: str = "global"
+
+
+@dataclass
+class OptimConfig:
+    """SGD with two parameter groups (pretrained backbone, new layers) and a multi-step schedule."""
+
+    lr_backbone: float = 0.01
+    lr_new: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    epochs: int = 70
+    milestones: list[int] = field(default_factory=lambda: [60])
+    gamma: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    """Run-level settings: seeding, precision, evaluation, checkpoints and logging.
+
+    `mixed_precision: null` leaves the choice to the launcher (`accelerate_config.yaml` or `accelerate config`).
+    """
+
+    seed: int = 0
+    mixed_precision: str | None = None
+    output_dir: str = "outputs/run"
+    eval_interval: int = 10
+    checkpoint_interval: int = 10
+    keep_checkpoints: int = 3
+    resume: str = "no"
+    log_with: str = "auto"
+    deterministic: bool = False
+    published_per_process_batch: int | None = None
+
+
+@dataclass
+class ExperimentConfig:
+    """The whole experiment, one dataclass per YAML section."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        _check_choices(self)
+
+    @property
+    def eval_domain(self) -> DomainConfig:
+        """The dataset evaluated during training: `data.eval`, else the target, else the source."""
+        return self.data.eval or self.data.target or self.data.source
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_CHOICES = {
+    "train.mixed_precision": (None, "no", "fp16", "bf16"),
+    "train.resume": ("no", "auto"),
+    "train.log_with": ("auto", "none", "tensorboard"),
+    "objective.neighbor_mode": (0, 1),
+    "objective.mixup_lambda_per": ("global", "process"),
+    "model.last_stride": (1, 2),
+}
+
+
+def _check_choices(cfg: ExperimentConfig) -> None:
+    for key, allowed in _CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, allowed))}")
+    if cfg.data.batch_size <= 0 or cfg.data.batch_size % 2:
+        raise ConfigError(
+            f"data.batch_size: {cfg.data.batch_size} must be a positive even number (half source, half target)"
+        )
+    if cfg.optim.epochs <= 0:
+        raise ConfigError(f"optim.epochs: {cfg.optim.epochs} must be positive")
+    for key in ("eval_interval", "checkpoint_interval", "keep_checkpoints"):
+        if getattr(cfg.train, key) <= 0:
+            raise ConfigError(f"train.{key}: {getattr(cfg.train, key)} must be positive")
+
+
+def _convert(value: Any, annotation: Any, key: str) -> Any:
+    """Check `value` against a field's annotation, building nested dataclasses; raise naming `key`."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(value, option, key)
+            except ConfigError as err:
+                errors.append(err)
+        raise errors[0]
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return _build(annotation, value, key)
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is Any or (isinstance(value, annotation) and not (annotation is int and isinstance(value, bool))):
+        return value
+    raise ConfigError(f"{key}: expected {annotation.__name__}, got {value!r}")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        if name not in hints:
+            known = ", ".join(f.name for f in dataclasses.fields(cls))
+            raise ConfigError(f"{key}: unknown key (known keys here: {known})")
+        kwargs[name] = _convert(value, hints[name], key)
+    return cls(**kwargs)
+
+
+def _apply_override(tree: dict[str, Any], override: str) -> None:
+    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (`0.02`, `[40, 60]`, `null`, `fp16`)."""
+    key, sep, raw = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {override!r}: expected key=value, e.g. optim.lr_backbone=0.02")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {override!r}: value is not valid YAML ({err.problem})") from None
+    *parents, leaf = key.split(".")
+    node = tree
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {override!r}: {part} is not a section")
+        node = child
+    node[leaf] = value
+
+
+def load_config(path: str | os.PathLike | None, overrides: typing.Sequence[str] = ()) -> ExperimentConfig:
+    """Read an experiment YAML file (or start from the defaults when `path` is None) and apply dotted overrides.
+
+    Args:
+        path: a YAML file whose top-level sections match `ExperimentConfig`.
+        overrides: strings such as `"optim.lr_backbone=0.02"`; applied in order, after the file.
+
+    Returns:
+        The validated configuration.
+    """
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({err})".replace("\n", " ")) from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    for override in overrides:
+        _apply_override(tree, override)
+    try:
+        return _build(ExperimentConfig, tree)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}" if path is not None else str(err)) from None
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    """The resolved configuration as YAML, loadable again with `load_config`."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

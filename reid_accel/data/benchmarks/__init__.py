@@ -1,0 +1,84 @@
+"""The benchmarks reid-accel reads, one small module each, listed in one literal dict.
+
+A benchmark module has a docstring (paper, URL, official counts), an `OFFICIAL_STATS` constant (split name ->
+`SplitStats`, keyed first by subset when `parse` has a `subset` option, or None when there is no official
+release) and one `parse(root, *, <explicit options>) -> Split` that reads file names and split files only: it
+never opens an image and never touches the network. A module may also define `prepare(root, *, <options>)`,
+run before the folder is read (the synthetic worlds generate themselves there). Adding a benchmark is one
+module here plus one line in `BENCHMARKS`.
+"""
+
+import inspect
+from collections.abc import Callable, Mapping
+from types import MappingProxyType, ModuleType
+from typing import Any
+
+from reid_accel.data.benchmarks import cuhk03_np, dukemtmc, market1501, market_style, msmt17, synthetic
+from reid_accel.data.records import SplitStats
+from reid_accel.errors import DatasetLayoutError
+
+BENCHMARKS: Mapping[str, ModuleType] = MappingProxyType(
+    {
+        "market1501": market1501,
+        "dukemtmc": dukemtmc,
+        "cuhk03": cuhk03_np,
+        "msmt17": msmt17,
+        "market_style": market_style,
+        "synthetic": synthetic,
+    }
+)
+ALIASES: Mapping[str, str] = MappingProxyType(
+    {"market": "market1501", "duke": "dukemtmc", "cuhk": "cuhk03", "msmt": "msmt17"}
+)
+
+
+def get_benchmark(name: str) -> tuple[str, ModuleType]:
+    """The canonical name and module of a benchmark given by name or alias."""
+    canonical = ALIASES.get(name, name)
+    if canonical not in BENCHMARKS:
+        known = ", ".join(
+            key + "".join(f" (alias {alias})" for alias, target in ALIASES.items() if target == key)
+            for key in BENCHMARKS
+        )
+        raise DatasetLayoutError(f"unknown benchmark {name!r}; expected one of {known}")
+    return canonical, BENCHMARKS[canonical]
+
+
+def _keyword_defaults(function: Callable) -> dict[str, Any]:
+    """The keyword-only parameters of `function` with their defaults."""
+    parameters = inspect.signature(function).parameters.values()
+    return {p.name: p.default for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def split_options(name: str, options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Sort a benchmark's options into those of `prepare` and those of `parse`, defaults filled in.
+
+    Returns:
+        (prepare options, parse options); the latter are complete, so they can key a cache.
+
+    Raises:
+        DatasetLayoutError: an option that neither function takes, naming the accepted ones.
+    """
+    canonical, module = get_benchmark(name)
+    prepare = getattr(module, "prepare", None)
+    prepare_options = _keyword_defaults(prepare) if prepare is not None else {}
+    parse_options = _keyword_defaults(module.parse)
+    for key, value in options.items():
+        if key in parse_options:
+            parse_options[key] = value
+        elif key in prepare_options:
+            prepare_options[key] = value
+        else:
+            known = ", ".join(sorted({*prepare_options, *parse_options})) or "none"
+            raise DatasetLayoutError(f"benchmark {canonical!r} has no option {key!r} (its options: {known})")
+    return prepare_options, parse_options
+
+
+def official_stats(name: str, **options: Any) -> Mapping[str, SplitStats] | None:
+    """The official per-split counts of a benchmark loaded with `options`, or None when it has none."""
+    _, module = get_benchmark(name)
+    _, parse_options = split_options(name, options)
+    stats = module.OFFICIAL_STATS
+    if stats is not None and "subset" in parse_options:
+        stats = stats.get(parse_options["subset"])
+    return stats

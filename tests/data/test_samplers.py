@@ -1,0 +1,124 @@
+import pytest
+
+from reid_accel.data import CrossDomainBatchSampler
+from reid_accel.errors import ConfigError
+
+
+def epoch_batches(sampler: CrossDomainBatchSampler, epoch: int, start_step: int = 0) -> list[list[int]]:
+    sampler.set_epoch(epoch, start_step=start_step)
+    return list(sampler)
+
+
+def rank_batches(num_source, num_target, batch_size, replicas, epoch, seed=0) -> list[list[list[int]]]:
+    """Batches of every rank for one epoch: [rank][step] -> indices."""
+    samplers = [
+        CrossDomainBatchSampler(num_source, num_target, batch_size, num_replicas=replicas, rank=r, seed=seed)
+        for r in range(replicas)
+    ]
+    return [epoch_batches(s, epoch) for s in samplers]
+
+
+def test_half_and_half_layout_and_step_counts():
+    sampler = CrossDomainBatchSampler(11, 7, 4)
+    # epoch 1 keeps the partial step: ceil(11 / 2) = 6; later epochs drop it: 11 // 2 = 5
+    assert (sampler.steps_per_epoch(1), sampler.steps_per_epoch(2), sampler.steps_per_epoch(9)) == (6, 5, 5)
+    for epoch, steps in ((1, 6), (2, 5)):
+        batches = epoch_batches(sampler, epoch)
+        assert len(batches) == len(sampler) == steps
+        for batch in batches:
+            assert len(batch) == 4
+            assert all(0 <= i < 11 for i in batch[:2])
+            assert all(11 <= i < 18 for i in batch[2:])
+
+
+def test_epoch_walks_the_larger_set_once():
+    sampler = CrossDomainBatchSampler(11, 7, 4)
+    source_epoch2 = [i for batch in epoch_batches(sampler, 2) for i in batch[:2]]
+    assert len(source_epoch2) == len(set(source_epoch2)) == 10  # a permutation of 11, last partial step dropped
+    source_epoch1 = [i for batch in epoch_batches(sampler, 1) for i in batch[:2]]
+    assert set(source_epoch1[:11]) == set(range(11))  # the whole permutation, then one random pad index
+    # the smaller set: one whole permutation of 7, then random pads
+    target_epoch1 = [i - 11 for batch in epoch_batches(sampler, 1) for i in batch[2:]]
+    assert sorted(target_epoch1[:7]) == list(range(7))
+
+
+@pytest.mark.parametrize("replicas", [1, 2, 3])
+@pytest.mark.parametrize(("num_source", "num_target"), [(23, 10), (5, 13), (12, 12)])
+def test_every_target_slot_is_visited_in_epoch_one(replicas, num_source, num_target):
+    batches = rank_batches(num_source, num_target, 4, replicas, epoch=1)
+    targets = {i - num_source for rank in batches for batch in rank for i in batch[2:]}
+    sources = {i for rank in batches for batch in rank for i in batch[:2]}
+    assert targets == set(range(num_target))
+    assert sources == set(range(num_source))
+    steps = -(-max(num_source, num_target) // (2 * replicas))
+    assert all(len(rank) == steps for rank in batches)
+
+
+@pytest.mark.parametrize("replicas", [2, 3])
+def test_ranks_take_consecutive_slices_of_one_global_order(replicas):
+    per_rank = rank_batches(23, 10, 4, replicas, epoch=2, seed=5)
+    # one process with the global batch draws the same global order (same seed, epoch and global half)
+    global_batches = epoch_batches(CrossDomainBatchSampler(23, 10, 4 * replicas, seed=5), 2)
+    assert len(global_batches) == len(per_rank[0]) == 23 // (2 * replicas)
+    for step, global_batch in enumerate(global_batches):
+        half = 2 * replicas
+        for rank in range(replicas):
+            assert per_rank[rank][step] == (
+                global_batch[2 * rank : 2 * rank + 2] + global_batch[half + 2 * rank : half + 2 * rank + 2]
+            )
+        # the walked (larger) set has no repeats in epoch 2, so the ranks' shares are disjoint
+        sources = [i for rank in range(replicas) for i in per_rank[rank][step][:2]]
+        assert len(set(sources)) == len(sources)
+    all_sources = [i for rank in per_rank for batch in rank for i in batch[:2]]
+    assert len(all_sources) == len(set(all_sources))
+
+
+def test_determinism_per_seed_and_epoch():
+    a, b = CrossDomainBatchSampler(30, 20, 6, seed=1), CrossDomainBatchSampler(30, 20, 6, seed=1)
+    assert epoch_batches(a, 3) == epoch_batches(b, 3)
+    assert epoch_batches(a, 3) != epoch_batches(a, 4)
+    assert epoch_batches(a, 3) != epoch_batches(CrossDomainBatchSampler(30, 20, 6, seed=2), 3)
+    assert epoch_batches(a, 3) == epoch_batches(a, 3)  # iterating twice gives the same epoch
+
+
+@pytest.mark.parametrize(("epoch", "start_step"), [(1, 0), (1, 4), (1, 8), (2, 3), (2, 7)])
+def test_resume_from_start_step_gives_the_tail_of_the_epoch(epoch, start_step):
+    sampler = CrossDomainBatchSampler(15, 9, 4, num_replicas=1, seed=7)
+    full = epoch_batches(sampler, epoch)
+    resumed = CrossDomainBatchSampler(15, 9, 4, seed=7)
+    resumed.set_epoch(epoch, start_step=start_step)
+    assert len(resumed) == len(full) - start_step
+    assert list(resumed) == full[start_step:]
+
+
+def test_source_only_batches():
+    sampler = CrossDomainBatchSampler(10, 0, 4)
+    batches = epoch_batches(sampler, 1)
+    assert len(batches) == 3 and all(len(b) == 4 for b in batches)
+    assert {i for b in batches for i in b} == set(range(10))
+    assert len(epoch_batches(sampler, 2)) == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    [
+        ((10, 10, 5), {}, "must be a positive even number"),
+        ((10, 10, 0), {}, "must be a positive even number"),
+        ((0, 10, 4), {}, "need source images"),
+        ((10, 10, 4), {"num_replicas": 2, "rank": 2}, r"rank 2 is not in \[0, 2\)"),
+        ((5, 3, 4), {"num_replicas": 3}, r"3 process\(es\) x 2 images per domain exceed"),
+    ],
+)
+def test_bad_arguments(args, kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        CrossDomainBatchSampler(*args, **kwargs)
+
+
+def test_set_epoch_checks():
+    sampler = CrossDomainBatchSampler(10, 10, 4)
+    with pytest.raises(ValueError, match="1-based"):
+        sampler.set_epoch(0)
+    with pytest.raises(ValueError, match=r"start_step 6 is not in \[0, 5\]"):
+        sampler.set_epoch(2, start_step=6)
+    sampler.set_epoch(2, start_step=5)
+    assert len(sampler) == 0 and list(sampler) == []
