@@ -1,0 +1,142 @@
+"""What a run leaves for people to read: `metrics.json`, `history.json`, `train.log`, `training_curves.png`.
+
+Only the main process records. Every file is rewritten atomically after each change, so a run killed at any
+moment leaves the last complete version behind, and a resumed run carries on the same files.
+"""
+
+import importlib.metadata
+import json
+import logging
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reid_accel.fileio import atomic_path, write_json_atomic, write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+METRIC_KEYS = ("mAP", "rank1", "rank5", "rank10")
+PACKAGES = ("reid-accel", "torch", "torchvision", "timm", "accelerate", "datasets", "huggingface_hub", "safetensors")
+
+
+def environment_info() -> dict[str, Any]:
+    """Versions of Python and the stack, recorded with every run and exported model."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"python": platform.python_version(), "cuda": torch.version.cuda, "packages": versions}
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value if isinstance(value, int | float | str | bool) else str(value)
+    return flat
+
+
+class RunRecorder:
+    """Keeps the run's records on disk: per-epoch loss averages and the evaluations, with config and run info."""
+
+    def __init__(self, output_dir: str | Path, *, config: dict[str, Any], run_info: dict[str, Any]) -> None:
+        self.output_dir = Path(output_dir)
+        self.config = config
+        self.run_info = run_info
+        self.evaluations: list[dict[str, Any]] = []
+        self.history: list[dict[str, Any]] = []
+        self._log_handler: logging.Handler | None = None
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.output_dir / "metrics.json"
+
+    @property
+    def history_path(self) -> Path:
+        return self.output_dir / "history.json"
+
+    def flat_config(self) -> dict[str, Any]:
+        """The config as flat `section.key` scalars, the form trackers accept as hyper-parameters."""
+        return _flatten(self.config)
+
+    def start(self, *, resumed: bool, config_yaml: str) -> None:
+        """Open `train.log`, write the resolved config, and reload earlier records when resuming."""
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        package_logger = logging.getLogger("reid_accel")
+        if package_logger.getEffectiveLevel() > logging.INFO:
+            package_logger.setLevel(logging.INFO)
+        self._log_handler = logging.FileHandler(self.output_dir / "train.log")
+        self._log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        package_logger.addHandler(self._log_handler)
+        write_text_atomic(self.output_dir / "config.yaml", config_yaml)
+        if resumed:
+            if self.metrics_path.is_file():
+                self.evaluations = json.loads(self.metrics_path.read_text())["evaluations"]
+            if self.history_path.is_file():
+                self.history = json.loads(self.history_path.read_text())
+        self._write_metrics()
+
+    def record_epoch(self, epoch: int, losses: dict[str, float]) -> None:
+        self.history = [h for h in self.history if h["epoch"] != epoch] + [{"epoch": epoch, **losses}]
+        write_json_atomic(self.history_path, self.history)
+
+    def record_evaluation(self, epoch: int, metrics: dict[str, Any]) -> None:
+        """Append one evaluation (fractions) to `metrics.json`, replacing an earlier one of the same epoch."""
+        entry = {"epoch": epoch, **{k: float(metrics[k]) for k in METRIC_KEYS}}
+        entry["num_valid_queries"] = int(metrics["num_valid_queries"])
+        self.evaluations = [e for e in self.evaluations if e["epoch"] != epoch] + [entry]
+        self._write_metrics()
+
+    def _write_metrics(self) -> None:
+        write_json_atomic(
+            self.metrics_path, {"evaluations": self.evaluations, "run": self.run_info, "config": self.config}
+        )
+
+    def finish(self) -> None:
+        """Draw `training_curves.png` when matplotlib is installed (the `viz` extra) and close `train.log`."""
+        try:
+            plot_training_curves(self.history, self.evaluations, self.output_dir / "training_curves.png")
+        except ImportError:
+            logger.warning("matplotlib is not installed: no training_curves.png (pip install 'reid-accel[viz]')")
+        if self._log_handler is not None:
+            logging.getLogger("reid_accel").removeHandler(self._log_handler)
+            self._log_handler.close()
+
+
+def plot_training_curves(history: list[dict[str, Any]], evaluations: list[dict[str, Any]], path: str | Path) -> None:
+    """Loss components per epoch on the left, target mAP and rank-1 per evaluated epoch on the right."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_eval) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    names = [k for k in (history[0] if history else {}) if k not in ("epoch", "source_accuracy")]
+    epochs = [h["epoch"] for h in history]
+    for name in names:
+        ax_loss.plot(epochs, [h.get(name, float("nan")) for h in history], label=name, lw=2 if name == "total" else 1)
+    ax_loss.set(title="training losses (epoch mean)", xlabel="epoch", ylabel="loss")
+    ax_loss.grid(alpha=0.3)
+    if names:
+        ax_loss.legend(fontsize=8)
+    eval_epochs = [e["epoch"] for e in evaluations]
+    for key, label in (("mAP", "mAP"), ("rank1", "rank-1")):
+        values = [100 * e[key] for e in evaluations]
+        ax_eval.plot(eval_epochs, values, marker="o", label=label)
+        if values:
+            ax_eval.annotate(
+                f"{values[-1]:.1f}", (eval_epochs[-1], values[-1]), textcoords="offset points", xytext=(4, 4)
+            )
+    ax_eval.set(title="target retrieval", xlabel="epoch", ylabel="%", ylim=(0, 100))
+    ax_eval.grid(alpha=0.3)
+    ax_eval.legend(fontsize=8)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)

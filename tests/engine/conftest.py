@@ -1,0 +1,49 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from reid_accel.data.synthetic import generate_world
+
+
+@pytest.fixture(scope="session")
+def tiny_worlds(tmp_path_factory) -> dict[str, Path]:
+    """Two small synthetic domains (6 training identities each), drawn once per test session."""
+    root = tmp_path_factory.mktemp("worlds")
+    return {domain: generate_world(root / domain, domain=domain, seed=0, num_ids=6) for domain in "ab"}
+
+
+@pytest.fixture
+def write_config(tmp_path, tiny_worlds):
+    """Write a tiny CAIL experiment (test_resnet at 64x32, 16 + 16 per step) with `sections` merged in."""
+
+    def write(name: str = "tiny.yaml", **sections) -> Path:
+        tree = {
+            "data": {
+                "source": {"name": "synthetic", "root": str(tiny_worlds["a"])},
+                "target": {"name": "synthetic", "root": str(tiny_worlds["b"])},
+                "height": 64,
+                "width": 32,
+                "batch_size": 32,
+                "eval_batch_size": 64,
+                "num_workers": 0,
+            },
+            "model": {"backbone": "test_resnet", "pretrained": False},
+            "objective": {"intra_start_epoch": 1, "inter_start_epoch": 1},
+            "optim": {"epochs": 2, "milestones": [2], "lr_backbone": 0.05, "lr_new": 0.05},
+            "train": {
+                "output_dir": str(tmp_path / "run"),
+                "eval_interval": 1,
+                "checkpoint_interval": 1,
+                "mixed_precision": "no",
+                "log_with": "none",
+                "deterministic": True,
+            },
+        }
+        for section, values in sections.items():
+            tree[section].update(values)
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(tree))
+        return path
+
+    return write

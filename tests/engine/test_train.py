@@ -1,0 +1,126 @@
+import json
+import os
+import signal
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from reid_accel.cli import main
+from reid_accel.config import load_config
+from reid_accel.engine import train as train_module
+from reid_accel.engine.state import checkpoint_dirs
+from reid_accel.engine.train import TrainingInterrupted, train
+
+
+def _weights(run_dir):
+    return load_file(checkpoint_dirs(run_dir)[-1] / "model.safetensors")
+
+
+def _memory(run_dir):
+    return load_file(checkpoint_dirs(run_dir)[-1] / "memory.safetensors")["features"]
+
+
+def test_two_epochs_end_to_end(write_config, tmp_path, capsys):
+    assert main(["train", str(write_config())]) == 0
+    run = tmp_path / "run"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert [e["epoch"] for e in metrics["evaluations"]] == [1, 2]
+    for evaluation in metrics["evaluations"]:
+        assert 0.0 <= evaluation["mAP"] <= 1.0 and 0.0 <= evaluation["rank1"] <= evaluation["rank5"] <= 1.0
+        assert evaluation["num_valid_queries"] == 20
+    assert metrics["run"]["world_size"] == 1 and metrics["run"]["per_process_target"] == 16
+    assert torch.__version__.startswith(metrics["run"]["packages"]["torch"])
+    assert metrics["config"]["model"]["backbone"] == "test_resnet"
+    assert {"config.json", "model.safetensors"} <= {p.name for p in (run / "model").iterdir()}
+    assert json.loads((run / "model" / "config.json").read_text())["pretrained"] is False
+    assert len(checkpoint_dirs(run)) == 2
+    memory = _memory(run)
+    assert torch.allclose(memory.norm(dim=1), torch.ones(len(memory)), atol=1e-5), "every slot written in epoch 1"
+    history = json.loads((run / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2] and {"intra", "inter", "total"} <= set(history[1])
+    assert (run / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "epoch 2" in (run / "train.log").read_text()
+    assert "mAP" in capsys.readouterr().out
+
+
+def test_resume_after_an_epoch_matches_one_run(write_config, tmp_path):
+    straight = load_config(write_config(), [f"train.output_dir={tmp_path / 'straight'}"])
+    train(straight)
+    split = f"train.output_dir={tmp_path / 'split'}"
+    train(load_config(write_config(), [split, "optim.epochs=1"]))
+    train(load_config(write_config(), [split, "train.resume=auto"]))
+    expected, resumed = _weights(tmp_path / "straight"), _weights(tmp_path / "split")
+    assert expected.keys() == resumed.keys()
+    for key in expected:
+        assert torch.equal(expected[key], resumed[key]), key
+    assert torch.equal(_memory(tmp_path / "straight"), _memory(tmp_path / "split"))
+
+
+def test_sigterm_mid_epoch_saves_and_resumes_exactly(write_config, tmp_path, monkeypatch):
+    straight = load_config(write_config(), [f"train.output_dir={tmp_path / 'straight'}"])
+    train(straight)
+
+    step = train_module.train_step
+    calls = []
+
+    def step_then_signal(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return step(*args, **kwargs)
+
+    interrupted = f"train.output_dir={tmp_path / 'interrupted'}"
+    monkeypatch.setattr(train_module, "train_step", step_then_signal)
+    with pytest.raises(TrainingInterrupted) as stop:
+        train(load_config(write_config(), [interrupted]))
+    assert stop.value.signum == signal.SIGTERM
+    saved = json.loads((checkpoint_dirs(tmp_path / "interrupted")[-1] / "train_state.json").read_text())
+    assert saved == {"epoch": 1, "step_in_epoch": 3, "global_step": 3}
+    monkeypatch.setattr(train_module, "train_step", step)
+    train(load_config(write_config(), [interrupted, "train.resume=auto"]))
+    expected, resumed = _weights(tmp_path / "straight"), _weights(tmp_path / "interrupted")
+    for key in expected:
+        assert torch.equal(expected[key], resumed[key]), key
+
+
+def test_cli_reports_sigterm_with_the_resume_command(write_config, tmp_path, monkeypatch, capsys):
+    def signal_now(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return step(*args, **kwargs)
+
+    step = train_module.train_step
+    monkeypatch.setattr(train_module, "train_step", signal_now)
+    assert main(["train", str(write_config())]) == 128 + signal.SIGTERM
+    assert "--resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        ({"data": {"source": {"name": "imagenet", "root": "x"}}}, "imagenet"),
+        ({"data": {"target": {"name": "market1501", "root": "/nonexistent/market"}}}, "/nonexistent/market"),
+        ({"optim": {"epoch": 3}}, "optim.epoch: unknown key"),
+        ({"train": {"mixed_precision": "fp16"}}, "fp16 needs a GPU"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(write_config, capsys, sections, message):
+    if message == "fp16 needs a GPU" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU, so fp16 is valid")
+    assert main(["train", str(write_config(**sections))]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_refuses_to_overwrite_a_run_without_resume(write_config, tmp_path, capsys):
+    config = write_config(optim={"epochs": 1})
+    assert main(["train", str(config)]) == 0
+    assert main(["train", str(config)]) == 2
+    assert "already holds checkpoints" in capsys.readouterr().err
+
+
+def test_source_only_baseline_trains_without_a_target(write_config, tmp_path):
+    config = write_config(data={"target": None}, objective={"target_branch": False, "mixup": False})
+    result = train(load_config(config, ["optim.epochs=1"]))
+    assert len(result.evaluations) == 1
+    assert not (checkpoint_dirs(tmp_path / "run")[-1] / "memory.safetensors").exists()
