@@ -14,6 +14,7 @@ here, at INFO with a plain format, and nowhere in the library.
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -128,7 +129,7 @@ def _train(args: argparse.Namespace) -> int:
         again = " ".join(["reid-accel train", str(args.config), *args.overrides, "--output-dir", cfg.train.output_dir])
         print(f"{stop}; resume with: {again} --resume", file=sys.stderr)
         return 128 + stop.signum if stop.signum in (signal.SIGINT, signal.SIGTERM) else 1
-    if result.evaluations:
+    if result.evaluations and os.environ.get("RANK", "0") == "0":
         last = result.evaluations[-1]
         print(f"{'epoch':>5} {'mAP':>6} {'rank-1':>7} {'rank-5':>7} {'rank-10':>8}   ({cfg.eval_domain.name})")
         for row in result.evaluations:
@@ -178,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # argparse exits 2 on bad arguments, 0 after --help
         return exit_.code if isinstance(exit_.code, int) else 0
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    # Under a launcher every process runs this; only the first one reports progress.
+    main_process = os.environ.get("RANK", "0") == "0"
+    logging.basicConfig(level=logging.INFO if main_process else logging.WARNING, format=LOG_FORMAT)
     try:
         return args.handler(args)
     except (ReidAccelError, FileNotFoundError) as err:

@@ -96,8 +96,8 @@ def build_accelerator(cfg: ExperimentConfig) -> Accelerator:
     if launched != accelerator.num_processes:
         raise ConfigError(
             f"launched {launched} processes but accelerate runs {accelerator.num_processes} "
-            f"(distributed type {accelerator.distributed_type}); a multi-GPU launch needs GPUs, "
-            "or pass --cpu to accelerate launch for a CPU test"
+            f"(distributed type {accelerator.distributed_type}): a multi-GPU launch needs GPUs; "
+            "for a multi-process CPU run set ACCELERATE_USE_CPU=1"
         )
     world = accelerator.num_processes
     if cfg.data.batch_size % (2 * world):
