@@ -4,6 +4,8 @@
     reid-accel data synth ROOT --domain {a,b} [--seed N] [--ids N]          # draw a synthetic world
     reid-accel data lookalike NAME ROOT [--official]                        # a fake folder in NAME's layout
     reid-accel train CONFIG [--output-dir DIR] [--resume] [key=value ...]   # train; also via accelerate launch
+    reid-accel eval MODEL --dataset NAME --root ROOT [--flip] [--rerank]     # mAP / CMC of a model, pictures
+    reid-accel push RUN_OR_MODEL_DIR --repo-id USER/NAME [--private]        # share a model on the Hub
 
 Each sub-command is a parser built by an `_add_*` function and a handler `(args) -> int` set as the parser's
 `handler` default; handlers import what they need, so `--help` answers without loading torch. Input mistakes
@@ -157,6 +159,65 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
     train.set_defaults(handler=_train)
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from reid_accel.config import DomainConfig
+    from reid_accel.engine.evaluate import evaluate_model
+    from reid_accel.hub import load_encoder
+
+    options = {"subset": args.subset} if args.subset is not None else {}
+    encoder = load_encoder(args.model)
+    metrics = evaluate_model(
+        encoder,
+        DomainConfig(name=args.dataset, root=str(args.root), options=options),
+        output_dir=args.output_dir,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        flip=args.flip,
+        rerank=args.rerank,
+        ap_mode=args.ap_mode,
+        model_reference=str(args.model),
+    )
+    if os.environ.get("RANK", "0") == "0":
+        print(f"{'dataset':<12} {'queries':>7} {'mAP':>6} {'rank-1':>7} {'rank-5':>7} {'rank-10':>8}")
+        print(
+            f"{args.dataset:<12} {metrics['num_valid_queries']:>7} {100 * metrics['mAP']:>6.1f} "
+            f"{100 * metrics['rank1']:>7.1f} {100 * metrics['rank5']:>7.1f} {100 * metrics['rank10']:>8.1f}"
+        )
+    return 0
+
+
+def _add_eval_command(commands: argparse._SubParsersAction) -> None:
+    evaluate = commands.add_parser("eval", help="rank a benchmark's query/gallery split with a trained model")
+    evaluate.add_argument("model", help="a save_pretrained folder, a run folder, a checkpoint folder or a Hub repo id")
+    evaluate.add_argument("--dataset", required=True, help="benchmark: market1501, dukemtmc, cuhk03, msmt17, ...")
+    evaluate.add_argument("--root", required=True, type=Path, help="the benchmark folder as extracted")
+    evaluate.add_argument("--subset", help="cuhk03 only: labeled (default) or detected")
+    evaluate.add_argument("--flip", action="store_true", help="average each feature with its mirror image's")
+    evaluate.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3)")
+    evaluate.add_argument("--ap-mode", choices=("standard", "trapezoid"), default="standard", help="AP convention")
+    evaluate.add_argument("--output-dir", type=Path, help="write metrics.json, features and pictures here")
+    evaluate.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
+    evaluate.add_argument("--num-workers", type=int, default=4, help="image decoding processes (default 4)")
+    evaluate.set_defaults(handler=_eval)
+
+
+def _push(args: argparse.Namespace) -> int:
+    from reid_accel.hub import push_model
+
+    url = push_model(args.path, repo_id=args.repo_id, private=args.private, revision=args.revision)
+    print(url)
+    return 0
+
+
+def _add_push_command(commands: argparse._SubParsersAction) -> None:
+    push = commands.add_parser("push", help="upload a trained model with its card to the Hugging Face Hub")
+    push.add_argument("path", type=Path, help="a training run folder or a model folder")
+    push.add_argument("--repo-id", required=True, help="USER/NAME on the Hub")
+    push.add_argument("--private", action="store_true", help="create the repository as private")
+    push.add_argument("--revision", help="branch to push to (default: main)")
+    push.set_defaults(handler=_push)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `reid-accel` parser; each command group adds its sub-commands here."""
     parser = argparse.ArgumentParser(
@@ -165,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_data_commands(commands)
     _add_train_command(commands)
+    _add_eval_command(commands)
+    _add_push_command(commands)
     return parser
 
 

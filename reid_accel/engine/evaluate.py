@@ -4,15 +4,23 @@ Every process embeds its share of the images and `gather_for_metrics` reassemble
 samples accelerate repeats to even out the last batch, so the metrics see each image exactly once.
 """
 
+import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from reid_accel.metrics import rank_metrics
+from reid_accel.config import DomainConfig
+from reid_accel.data import ReIDImageDataset, build_transform, load_benchmark
+from reid_accel.data.hf import column_values
+from reid_accel.fileio import atomic_path, write_json_atomic
+from reid_accel.metrics import rank_metrics, rank_metrics_from_distance, rerank_distance, top_k_gallery
+from reid_accel.metrics.visualize import plot_cmc, plot_rank_list
 
 logger = logging.getLogger(__name__)
 
@@ -85,3 +93,108 @@ def evaluate_retrieval(
         device=accelerator.device,
     )
     return metrics, query, gallery
+
+
+def evaluate_model(
+    encoder: torch.nn.Module,
+    dataset: DomainConfig,
+    *,
+    output_dir: str | Path | None = None,
+    batch_size: int = 256,
+    num_workers: int = 4,
+    flip: bool = False,
+    rerank: bool = False,
+    ap_mode: str = "standard",
+    model_reference: str = "",
+) -> dict:
+    """Evaluate an encoder on a benchmark's query/gallery split, as `reid-accel eval` does.
+
+    With `output_dir`, the main process writes `metrics.json`, `features.safetensors` (features, pids, camids,
+    and the image paths in the metadata), `cmc.png` and `rank_list.png` (the last two need matplotlib).
+
+    Returns:
+        The metrics dict of `rank_metrics` (plus the settings it was computed with).
+    """
+    accelerator = Accelerator()
+    with accelerator.main_process_first():
+        splits = load_benchmark(dataset.name, dataset.resolved_root(), **dataset.options)
+    height, width = encoder.input_size
+    transform = build_transform(height, width, mean=encoder.mean, std=encoder.std, train=False)
+    query_loader, gallery_loader = (
+        DataLoader(ReIDImageDataset(splits[name], transform), batch_size=batch_size, num_workers=num_workers)
+        for name in ("query", "gallery")
+    )
+    encoder, query_loader, gallery_loader = accelerator.prepare(encoder, query_loader, gallery_loader)
+    model = accelerator.unwrap_model(encoder)
+    if rerank:
+        query = extract_embeddings(model, query_loader, accelerator, flip=flip, desc="query")
+        gallery = extract_embeddings(model, gallery_loader, accelerator, flip=flip, desc="gallery")
+        distance = rerank_distance(query.features, gallery.features, device=accelerator.device)
+        metrics = rank_metrics_from_distance(
+            distance,
+            query.pids,
+            gallery.pids,
+            query.camids,
+            gallery.camids,
+            ap_mode=ap_mode,
+            device=accelerator.device,
+        )
+    else:
+        metrics, query, gallery = evaluate_retrieval(
+            model, query_loader, gallery_loader, accelerator, flip=flip, ap_mode=ap_mode
+        )
+    settings = {"dataset": dataset.name, "root": str(dataset.resolved_root()), "model": model_reference}
+    settings |= {"flip": flip, "rerank": rerank, "ap_mode": ap_mode}
+    if output_dir is not None and accelerator.is_main_process:
+        paths = {name: column_values(splits[name], "path") for name in ("query", "gallery")}
+        write_evaluation(Path(output_dir), metrics, settings, query, gallery, paths)
+    accelerator.wait_for_everyone()
+    return {**metrics, **settings}
+
+
+def write_evaluation(
+    output_dir: Path,
+    metrics: dict,
+    settings: dict,
+    query: Embeddings,
+    gallery: Embeddings,
+    paths: dict[str, list[str]],
+) -> None:
+    """Write the evaluation's files atomically; pictures only when matplotlib is installed."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    summary = {k: v.tolist() if hasattr(v, "tolist") else v for k, v in metrics.items()}
+    write_json_atomic(output_dir / "metrics.json", {**summary, **settings})
+    tensors = {
+        "query_features": query.features.contiguous(),
+        "query_pids": query.pids.contiguous(),
+        "query_camids": query.camids.contiguous(),
+        "gallery_features": gallery.features.contiguous(),
+        "gallery_pids": gallery.pids.contiguous(),
+        "gallery_camids": gallery.camids.contiguous(),
+    }
+    with atomic_path(output_dir / "features.safetensors") as tmp:
+        save_file(tensors, tmp, metadata={f"{split}_paths": json.dumps(p) for split, p in paths.items()})
+    try:
+        plot_cmc(metrics["cmc"], output_dir / "cmc.png", title=f"CMC on {settings['dataset']}")
+        shown = list(range(min(4, len(query.features))))
+        ranked, matches = top_k_gallery(
+            query.features,
+            gallery.features,
+            query.pids,
+            gallery.pids,
+            query.camids,
+            gallery.camids,
+            query_indices=shown,
+        )
+        plot_rank_list(
+            [paths["query"][i] for i in shown],
+            paths["gallery"],
+            ranked,
+            matches,
+            [int(query.camids[i]) for i in shown],
+            gallery.camids.tolist(),
+            output_dir / "rank_list.png",
+            num_queries=len(shown),
+        )
+    except ImportError:
+        logger.warning("matplotlib is not installed: no cmc.png / rank_list.png (pip install 'reid-accel[viz]')")
