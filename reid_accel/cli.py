@@ -131,7 +131,12 @@ def _train(args: argparse.Namespace) -> int:
         again = " ".join(["reid-accel train", str(args.config), *args.overrides, "--output-dir", cfg.train.output_dir])
         print(f"{stop}; resume with: {again} --resume", file=sys.stderr)
         return 128 + stop.signum if stop.signum in (signal.SIGINT, signal.SIGTERM) else 1
-    if result.evaluations and os.environ.get("RANK", "0") == "0":
+    if os.environ.get("RANK", "0") != "0":
+        return 0
+    from reid_accel.hub import write_model_card
+
+    write_model_card(result.model_dir, metrics_path=result.output_dir / "metrics.json")
+    if result.evaluations:
         last = result.evaluations[-1]
         print(f"{'epoch':>5} {'mAP':>6} {'rank-1':>7} {'rank-5':>7} {'rank-10':>8}   ({cfg.eval_domain.name})")
         for row in result.evaluations:
