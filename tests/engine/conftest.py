@@ -13,37 +13,48 @@ def tiny_worlds(tmp_path_factory) -> dict[str, Path]:
     return {domain: generate_world(root / domain, domain=domain, seed=0, num_ids=6) for domain in "ab"}
 
 
+def tiny_config(folder: Path, worlds: dict[str, Path], name: str = "tiny.yaml", **sections) -> Path:
+    """Write a tiny CAIL experiment (test_resnet at 64x32, 16 + 16 per step) with `sections` merged in."""
+    tree = {
+        "data": {
+            "source": {"name": "synthetic", "root": str(worlds["a"])},
+            "target": {"name": "synthetic", "root": str(worlds["b"])},
+            "height": 64,
+            "width": 32,
+            "batch_size": 32,
+            "eval_batch_size": 64,
+            "num_workers": 0,
+        },
+        "model": {"backbone": "test_resnet", "pretrained": False},
+        "objective": {"intra_start_epoch": 1, "inter_start_epoch": 1},
+        "optim": {"epochs": 2, "milestones": [2], "lr_backbone": 0.05, "lr_new": 0.05},
+        "train": {
+            "output_dir": str(folder / "run"),
+            "eval_interval": 1,
+            "checkpoint_interval": 1,
+            "mixed_precision": "no",
+            "log_with": "none",
+            "deterministic": True,
+        },
+    }
+    for section, values in sections.items():
+        tree[section].update(values)
+    path = folder / name
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
 @pytest.fixture
 def write_config(tmp_path, tiny_worlds):
-    """Write a tiny CAIL experiment (test_resnet at 64x32, 16 + 16 per step) with `sections` merged in."""
+    return lambda name="tiny.yaml", **sections: tiny_config(tmp_path, tiny_worlds, name, **sections)
 
-    def write(name: str = "tiny.yaml", **sections) -> Path:
-        tree = {
-            "data": {
-                "source": {"name": "synthetic", "root": str(tiny_worlds["a"])},
-                "target": {"name": "synthetic", "root": str(tiny_worlds["b"])},
-                "height": 64,
-                "width": 32,
-                "batch_size": 32,
-                "eval_batch_size": 64,
-                "num_workers": 0,
-            },
-            "model": {"backbone": "test_resnet", "pretrained": False},
-            "objective": {"intra_start_epoch": 1, "inter_start_epoch": 1},
-            "optim": {"epochs": 2, "milestones": [2], "lr_backbone": 0.05, "lr_new": 0.05},
-            "train": {
-                "output_dir": str(tmp_path / "run"),
-                "eval_interval": 1,
-                "checkpoint_interval": 1,
-                "mixed_precision": "no",
-                "log_with": "none",
-                "deterministic": True,
-            },
-        }
-        for section, values in sections.items():
-            tree[section].update(values)
-        path = tmp_path / name
-        path.write_text(yaml.safe_dump(tree))
-        return path
 
-    return write
+@pytest.fixture(scope="session")
+def straight_run(tmp_path_factory, tiny_worlds) -> Path:
+    """The reference: the tiny experiment trained for 2 epochs in one go (deterministic settings)."""
+    from reid_accel.config import load_config
+    from reid_accel.engine.train import train
+
+    folder = tmp_path_factory.mktemp("straight")
+    train(load_config(tiny_config(folder, tiny_worlds), [f"train.output_dir={folder / 'run'}"]))
+    return folder / "run"
