@@ -273,7 +273,7 @@ def embed_images(
         (N, D) float32 tensor on the encoder's device, rows in input order.
     """
     height, width = encoder.input_size
-    transform = build_transform(height, width, mean=encoder.mean, std=encoder.std, train=False)
+    transform = build_transform(height, width, mean=encoder.mean, std=encoder.std)
     device = next(encoder.parameters()).device
     was_training = encoder.training
     encoder.eval()

@@ -10,10 +10,11 @@ from reid_accel.data.hf import PARSER_VERSION, dataset_stats, decode_image, load
 from reid_accel.data.records import ImageRecord, Split, SplitStats, compare_stats
 from reid_accel.data.samplers import CrossDomainBatchSampler
 from reid_accel.data.torch_datasets import CrossDomainDataset, ReIDImageDataset
-from reid_accel.data.transforms import build_transform
+from reid_accel.data.transforms import BatchAugmentation, build_transform
 
 __all__ = [
     "BENCHMARKS",
+    "BatchAugmentation",
     "PARSER_VERSION",
     "CrossDomainBatchSampler",
     "CrossDomainDataset",

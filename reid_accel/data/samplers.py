@@ -11,11 +11,6 @@ An epoch walks the larger of the two sets once in a random order; the smaller se
 permutations, then random indices) so that both halves stay full. Epoch 1 keeps its last, partial global step,
 completed with random indices, so every target image (every memory slot) is visited at least once; from epoch 2
 the partial step is dropped. Duplicates within a step are possible; the memory update handles them.
-
-With `sample_seeds=True` each index comes paired with a seed for its augmentation, a pure function of
-(seed, epoch, step, rank, position). `CrossDomainDataset` draws the sample's flips, crops and erasing from it, so
-the augmentations do not depend on the number of loader workers or on torch's global RNG, and a run resumed in
-the middle of an epoch sees exactly the images an uninterrupted run would have seen.
 """
 
 import hashlib
@@ -28,10 +23,10 @@ from torch.utils.data import Sampler
 from reid_accel.errors import ConfigError
 
 
-def seeded_generator(*keys: object) -> torch.Generator:
+def seeded_generator(*keys: object, device: str | torch.device = "cpu") -> torch.Generator:
     """A torch generator seeded by a stable hash of `keys` (unlike `hash()`, the same in every process)."""
     digest = hashlib.blake2b(":".join(map(str, keys)).encode(), digest_size=8).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
+    return torch.Generator(device=device).manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
 
 
 def _order(size: int, length: int, generator: torch.Generator) -> torch.Tensor:
@@ -56,7 +51,6 @@ class CrossDomainBatchSampler(Sampler[list[int]]):
         num_replicas: number of processes.
         rank: this process's index.
         seed: with the epoch, seeds the global order; equal on every process.
-        sample_seeds: yield `(index, augmentation seed)` pairs instead of bare indices.
     """
 
     def __init__(
@@ -68,7 +62,6 @@ class CrossDomainBatchSampler(Sampler[list[int]]):
         num_replicas: int = 1,
         rank: int = 0,
         seed: int = 0,
-        sample_seeds: bool = False,
     ) -> None:
         if num_source < 1 or num_target < 0:
             raise ConfigError(
@@ -86,7 +79,6 @@ class CrossDomainBatchSampler(Sampler[list[int]]):
         self.num_replicas = num_replicas
         self.rank = rank
         self.seed = seed
-        self.sample_seeds = sample_seeds
         self.global_half = self.half * num_replicas  # images per domain in one global step
         larger = max(num_source, num_target)
         if larger < self.global_half:
@@ -114,7 +106,7 @@ class CrossDomainBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         return self.steps_per_epoch(self.epoch) - self.start_step
 
-    def __iter__(self) -> Iterator[list[int]] | Iterator[list[tuple[int, int]]]:
+    def __iter__(self) -> Iterator[list[int]]:
         length = self.steps_per_epoch(self.epoch) * self.global_half
         generator = seeded_generator(self.seed, self.epoch)
         source = _order(self.num_source, length, generator)  # (steps * global_half,)
@@ -124,10 +116,4 @@ class CrossDomainBatchSampler(Sampler[list[int]]):
             batch = source[start : start + self.half].tolist()
             if target is not None:
                 batch += target[start : start + self.half].tolist()
-            if self.sample_seeds:
-                seeds = torch.randint(
-                    2**62, (len(batch),), generator=seeded_generator(self.seed, self.epoch, step, self.rank)
-                )
-                yield list(zip(batch, seeds.tolist(), strict=True))
-            else:
-                yield batch
+            yield batch

@@ -25,8 +25,8 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 1
 DEFAULT_NUM_IDS = 80
-DEFAULT_STYLE_STRENGTH = 0.7
+DEFAULT_STYLE_STRENGTH = 0.5
 TEST_IDS_PER_TRAIN_ID = 50 / 80
 TRAIN_IMAGES_PER_CAMERA = 3
 QUERY_IMAGES_PER_CAMERA = 1
@@ -704,7 +704,9 @@ def generate_world(
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
+    # a fresh sibling per writer (mkdir, unlike mkdtemp, keeps the umask's permissions for the final folder)
+    staging = root.parent / f".{root.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    staging.mkdir()
     try:
         counts = _write_world(staging, params)
         record = {

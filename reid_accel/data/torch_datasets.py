@@ -58,8 +58,6 @@ class CrossDomainDataset(Dataset):
     - `domain`: 0 source, 1 target.
 
     With `target=None` (single-domain training) only the source part exists and camera ids are not offset.
-    An item may be asked for as `(index, seed)` (see `CrossDomainBatchSampler(sample_seeds=True)`): its random
-    augmentation is then drawn from `seed` alone, leaving torch's global RNG untouched.
     """
 
     def __init__(self, source: Any, target: Any | None, transform: Transform) -> None:
@@ -86,13 +84,7 @@ class CrossDomainDataset(Dataset):
     def __len__(self) -> int:
         return len(self._source) + (len(self._target) if self._target is not None else 0)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
-        if isinstance(key, tuple):
-            index, seed = key
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                return self[index]
-        index = key
+    def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} is outside [0, {len(self)})")
         if index < len(self._source):

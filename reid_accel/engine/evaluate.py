@@ -119,7 +119,7 @@ def evaluate_model(
     with accelerator.main_process_first():
         splits = load_benchmark(dataset.name, dataset.resolved_root(), **dataset.options)
     height, width = encoder.input_size
-    transform = build_transform(height, width, mean=encoder.mean, std=encoder.std, train=False)
+    transform = build_transform(height, width, mean=encoder.mean, std=encoder.std)
     query_loader, gallery_loader = (
         DataLoader(ReIDImageDataset(splits[name], transform), batch_size=batch_size, num_workers=num_workers)
         for name in ("query", "gallery")

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from reid_accel.config import DomainConfig, ExperimentConfig, dump_config
 from reid_accel.data import (
+    BatchAugmentation,
     CrossDomainBatchSampler,
     CrossDomainDataset,
     ReIDImageDataset,
@@ -248,18 +249,12 @@ def train(cfg: ExperimentConfig) -> TrainResult:
         input_size=[cfg.data.height, cfg.data.width],
     )
     d = cfg.data
-    train_transform = build_transform(
-        d.height,
-        d.width,
-        mean=encoder.mean,
-        std=encoder.std,
-        train=True,
-        pad=d.pad,
-        flip_prob=d.flip_prob,
-        erasing_prob=d.erasing_prob,
+    augmentation = BatchAugmentation(
+        mean=encoder.mean, std=encoder.std, pad=d.pad, flip_prob=d.flip_prob, erasing_prob=d.erasing_prob
     )
-    test_transform = build_transform(d.height, d.width, mean=encoder.mean, std=encoder.std, train=False)
-    train_set = CrossDomainDataset(source["train"], target["train"] if with_target else None, train_transform)
+    test_transform = build_transform(d.height, d.width, mean=encoder.mean, std=encoder.std)
+    load_transform = build_transform(d.height, d.width, normalize=False)  # uint8; augmented per batch on device
+    train_set = CrossDomainDataset(source["train"], target["train"] if with_target else None, load_transform)
     per_process = d.batch_size // accelerator.num_processes
     # The sampler shards by rank itself, so the train loader is not passed through `accelerator.prepare`.
     sampler = CrossDomainBatchSampler(
@@ -269,7 +264,6 @@ def train(cfg: ExperimentConfig) -> TrainResult:
         num_replicas=accelerator.num_processes,
         rank=accelerator.process_index,
         seed=cfg.train.seed,
-        sample_seeds=True,
     )
     loader_kwargs = {"num_workers": d.num_workers, "pin_memory": accelerator.device.type == "cuda"}
     train_loader = DataLoader(train_set, batch_sampler=sampler, persistent_workers=d.num_workers > 0, **loader_kwargs)
@@ -328,7 +322,18 @@ def train(cfg: ExperimentConfig) -> TrainResult:
             for batch in progress:
                 done += 1
                 components = train_step(
-                    cfg, accelerator, forward, network, optimizer, objective, memory, batch, epoch, state, momentum
+                    cfg,
+                    accelerator,
+                    forward,
+                    network,
+                    optimizer,
+                    objective,
+                    memory,
+                    augmentation,
+                    batch,
+                    epoch,
+                    state,
+                    momentum,
                 )
                 for name, value in components.items():
                     sums[name] += value
@@ -390,6 +395,7 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     objective: CAILObjective,
     memory: ExemplarMemory | None,
+    augmentation: BatchAugmentation,
     batch: dict[str, torch.Tensor],
     epoch: int,
     state: TrainState,
@@ -397,7 +403,11 @@ def train_step(
 ) -> dict[str, float]:
     """One optimisation step on a [source | target] batch; returns the loss components as floats."""
     batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
-    pixel_values = batch["pixel_values"]
+    # Random flips, crops and erasing drawn per step: the same on a resumed run, whatever the loader workers.
+    generator = seeded_generator(
+        "augment", cfg.train.seed, epoch, state.step_in_epoch, accelerator.process_index, device=accelerator.device
+    )
+    pixel_values = augmentation(batch["pixel_values"], generator)
     if cfg.model.channels_last:
         pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
     num_source = pixel_values.shape[0] // 2 if memory is not None else pixel_values.shape[0]

@@ -122,15 +122,3 @@ def test_set_epoch_checks():
         sampler.set_epoch(2, start_step=6)
     sampler.set_epoch(2, start_step=5)
     assert len(sampler) == 0 and list(sampler) == []
-
-
-def test_sample_seeds_are_a_pure_function_of_seed_epoch_step_and_rank():
-    plain = CrossDomainBatchSampler(30, 20, 8, num_replicas=2, rank=1, seed=3)
-    seeded = CrossDomainBatchSampler(30, 20, 8, num_replicas=2, rank=1, seed=3, sample_seeds=True)
-    batches = epoch_batches(seeded, 2)
-    assert [[index for index, _ in batch] for batch in batches] == epoch_batches(plain, 2)
-    assert epoch_batches(seeded, 2, start_step=1) == batches[1:], "a resumed epoch draws the same seeds"
-    seeds = [seed for batch in batches for _, seed in batch]
-    assert len(set(seeds)) == len(seeds), "every sample of the epoch gets its own seed"
-    other_rank = CrossDomainBatchSampler(30, 20, 8, num_replicas=2, rank=0, seed=3, sample_seeds=True)
-    assert not {s for b in epoch_batches(other_rank, 2) for _, s in b} & set(seeds)

@@ -2,49 +2,72 @@ import PIL.Image
 import pytest
 import torch
 
-from reid_accel.data import build_transform
+from reid_accel.data import BatchAugmentation, build_transform
 
 IDENTITY = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
 
 
+def _generator(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
 def test_test_transform_resizes_and_normalises():
     image = PIL.Image.new("RGB", (10, 30), (255, 0, 127))
-    transform = build_transform(8, 4, mean=(0.5, 0.5, 0.5), std=(0.25, 0.5, 0.25), train=False)
+    transform = build_transform(8, 4, mean=(0.5, 0.5, 0.5), std=(0.25, 0.5, 0.25))
     out = transform(image)
     assert type(out) is torch.Tensor and out.dtype == torch.float32 and out.shape == (3, 8, 4)
     expected = torch.tensor([(1.0 - 0.5) / 0.25, (0.0 - 0.5) / 0.5, (127 / 255 - 0.5) / 0.25])
     torch.testing.assert_close(out, expected[:, None, None].expand(3, 8, 4), atol=1e-6, rtol=0)
 
 
-def test_train_transform_output_and_pad_fill():
-    torch.manual_seed(0)
-    image = PIL.Image.new("RGB", (20, 50), (255, 255, 255))
-    transform = build_transform(32, 16, **IDENTITY, train=True, flip_prob=0.0, erasing_prob=0.0)
-    outputs = torch.stack([transform(image) for _ in range(20)])  # (20, 3, 32, 16)
-    assert outputs.shape == (20, 3, 32, 16) and outputs.dtype == torch.float32
-    # only the image's white and the grey padding shifted in by the crop
-    assert outputs.unique().tolist() == pytest.approx([127 / 255, 1.0])
-    pad_share = (outputs < 1).float().mean().item()
+def test_loading_transform_keeps_uint8_for_the_batch_augmentation():
+    out = build_transform(8, 4, normalize=False)(PIL.Image.new("RGB", (10, 30), (255, 0, 127)))
+    assert out.dtype == torch.uint8 and out.shape == (3, 8, 4) and out[:, 0, 0].tolist() == [255, 0, 127]
+
+
+def test_augmentation_normalises_and_pads_with_grey():
+    images = torch.full((20, 3, 32, 16), 255, dtype=torch.uint8)
+    augment = BatchAugmentation(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), flip_prob=0.0, erasing_prob=0.0)
+    out = augment(images, _generator())
+    assert out.shape == (20, 3, 32, 16) and out.dtype == torch.float32
+    # only the image's white and the grey padding shifted in by the crop, both normalised
+    assert out.unique().tolist() == pytest.approx([(127 / 255 - 0.5) / 0.5, 1.0])
+    pad_share = (out < 1).float().mean().item()
     assert 0 < pad_share < 0.5
+    shifts = {tuple((out[i, 0] < 1).nonzero()[:1].flatten().tolist()) for i in range(20)}
+    assert len(shifts) > 3, "every image gets its own crop"
 
 
-def test_train_transform_flips():
-    image = PIL.Image.new("RGB", (8, 16), (0, 0, 0))
-    image.paste((255, 255, 255), (0, 0, 4, 16))  # left half white
-    flip = build_transform(16, 8, **IDENTITY, train=True, pad=0, flip_prob=1.0, erasing_prob=0.0)
-    out = flip(image)
-    assert out[:, :, :4].max() == 0 and out[:, :, 4:].min() == 1
+def test_augmentation_crop_is_a_translation_within_the_padding():
+    images = torch.arange(8 * 4, dtype=torch.uint8).reshape(1, 1, 8, 4).expand(50, 3, 8, 4).clone()
+    out = BatchAugmentation(**IDENTITY, pad=2, flip_prob=0.0, erasing_prob=0.0)(images, _generator(1))
+    padded = torch.nn.functional.pad(images[:1].float() / 255, (2, 2, 2, 2), value=127 / 255)[0, 0]
+    for crop in out[:, 0]:
+        assert any(torch.equal(crop, padded[t : t + 8, s : s + 4]) for t in range(5) for s in range(5))
 
 
-def test_train_transform_erases_with_zero():
-    torch.manual_seed(0)
-    image = PIL.Image.new("RGB", (32, 64), (255, 255, 255))
-    erase = build_transform(64, 32, **IDENTITY, train=True, pad=0, flip_prob=0.0, erasing_prob=1.0)
-    shares = []
-    for _ in range(10):
-        out = erase(image)
-        assert set(out.unique().tolist()) == {0.0, 1.0}
-        zero = out[0] == 0
-        assert torch.equal(zero, out[1] == 0) and torch.equal(zero, out[2] == 0)  # one box over all channels
-        shares.append(zero.float().mean().item())
-    assert all(0.02 - 1e-3 <= share <= 0.25 + 0.05 for share in shares)
+def test_augmentation_flips():
+    images = torch.zeros(4, 3, 16, 8, dtype=torch.uint8)
+    images[..., :4] = 255  # left half white
+    out = BatchAugmentation(**IDENTITY, pad=0, flip_prob=1.0, erasing_prob=0.0)(images, _generator())
+    assert out[..., :4].max() == 0 and out[..., 4:].min() == 1
+
+
+def test_augmentation_erases_one_box_with_zero():
+    images = torch.full((200, 3, 64, 32), 255, dtype=torch.uint8)
+    out = BatchAugmentation(**IDENTITY, pad=0, flip_prob=0.0, erasing_prob=1.0)(images, _generator())
+    zero = out == 0
+    assert torch.equal(zero[:, 0], zero[:, 1]) and torch.equal(zero[:, 0], zero[:, 2])  # one box over all channels
+    shares = zero[:, 0].float().mean(dim=(1, 2))
+    assert (shares > 0).all() and shares.min() >= 0.01 and shares.max() <= 0.3
+    rows, cols = zero[:, 0].any(2).sum(1), zero[:, 0].any(1).sum(1)
+    assert torch.equal(rows * cols, zero[:, 0].sum(dim=(1, 2))), "the erased pixels form a rectangle"
+    half = BatchAugmentation(**IDENTITY, pad=0, flip_prob=0.0, erasing_prob=0.5)(images, _generator())
+    assert 0.35 < (half == 0).flatten(1).any(1).float().mean() < 0.65
+
+
+def test_augmentation_is_a_function_of_the_generator():
+    images = torch.randint(0, 256, (8, 3, 32, 16), dtype=torch.uint8)
+    augment = BatchAugmentation(mean=(0.4, 0.4, 0.4), std=(0.2, 0.2, 0.2))
+    assert torch.equal(augment(images, _generator(5)), augment(images, _generator(5)))
+    assert not torch.equal(augment(images, _generator(5)), augment(images, _generator(6)))
