@@ -11,7 +11,9 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "reid_accel"
 
 LEAVES = ("data", "modeling", "objectives", "metrics")
-LAYER = {"errors": 0, "fileio": 0, "config": 1} | dict.fromkeys(LEAVES, 2) | {"engine": 3, "hub": 3, "cli": 4, "train": 5}
+LAYER = (
+    {"errors": 0, "fileio": 0, "config": 1} | dict.fromkeys(LEAVES, 2) | {"engine": 3, "hub": 3, "cli": 4, "train": 5}
+)
 
 
 def _unit(module: str) -> str:
