@@ -1,11 +1,14 @@
 """Every test runs offline, with the `datasets` cache and the modules cache inside a temporary folder."""
 
 import os
-import tempfile
-from pathlib import Path
 
-import datasets
-import pytest
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle threads sleep instead of spinning: fair to a busy machine
+
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import datasets  # noqa: E402
+import pytest  # noqa: E402
 
 _CACHE = Path(tempfile.mkdtemp(prefix="reid-accel-tests-"))
 os.environ.update(

@@ -1,0 +1,175 @@
+"""The whole training objective of one step: source (or mixup) loss plus the scheduled target losses.
+
+`CAILObjective` holds numbers only. The engine passes the network outputs and the memory tensors in, backpropagates
+the returned total, and updates the memory afterwards, so the target losses always see the memory as it was before
+this step. The single-domain baseline is the same objective with `target_branch=False`.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from reid_accel.objectives.mixup import mixup_virtual_class_loss
+from reid_accel.objectives.neighbourhood import camera_agnostic_neighborhood_loss, camera_aware_neighborhood_loss
+from reid_accel.objectives.schedule import mixup_active, target_loss_weights
+
+
+class CAILObjective:
+    """Camera-aware invariance learning + cross-domain mixup (METHOD.md), configured by its schedule.
+
+    Args:
+        target_branch: compute the target losses (False: the single-domain baseline, source cross-entropy only).
+        neighbor_mode: 1 for the camera-aware intra/inter losses, 0 for the camera-agnostic ablation.
+        scale: inverse softmax temperature of the neighbourhood losses.
+        eps: neighbour ratio of the neighbourhood losses, in [0, 1].
+        intra_start_epoch: the intra-camera (or camera-agnostic) term is on once epoch > this.
+        intra_weight: weight of the intra-camera term.
+        inter_start_epoch: the inter-camera term is on once epoch > this.
+        inter_weight: weight of the inter-camera term.
+        agnostic_weight: weight of the camera-agnostic term.
+        mixup: whether cross-domain mixup may replace the source cross-entropy.
+        mixup_start_epoch: mixup is allowed once epoch > this.
+    """
+
+    def __init__(
+        self,
+        *,
+        target_branch: bool = True,
+        neighbor_mode: int = 1,
+        scale: float = 10.0,
+        eps: float = 0.8,
+        intra_start_epoch: int = 10,
+        intra_weight: float = 1.0,
+        inter_start_epoch: int = 30,
+        inter_weight: float = 0.5,
+        agnostic_weight: float = 0.1,
+        mixup: bool = True,
+        mixup_start_epoch: int = 1,
+    ) -> None:
+        if neighbor_mode not in (0, 1):
+            raise ValueError(f"neighbor_mode must be 0 (camera-agnostic) or 1 (camera-aware), got {neighbor_mode}")
+        if not scale > 0:
+            raise ValueError(f"scale must be > 0, got {scale}")
+        if not 0.0 <= eps <= 1.0:
+            raise ValueError(f"eps must lie in [0, 1], got {eps}")
+        self.target_branch = target_branch
+        self.neighbor_mode = neighbor_mode
+        self.scale = scale
+        self.eps = eps
+        self.intra_start_epoch = intra_start_epoch
+        self.intra_weight = intra_weight
+        self.inter_start_epoch = inter_start_epoch
+        self.inter_weight = inter_weight
+        self.agnostic_weight = agnostic_weight
+        self.mixup = mixup
+        self.mixup_start_epoch = mixup_start_epoch
+
+    def mixup_active(self, epoch: int) -> bool:
+        """Whether this epoch's batches should be mixed (and `lam` passed to `__call__`)."""
+        return self.target_branch and mixup_active(epoch, enabled=self.mixup, start_epoch=self.mixup_start_epoch)
+
+    def target_weights(self, epoch: int) -> dict[str, float]:
+        """Weights of the target losses in `epoch` (empty without a target branch)."""
+        if not self.target_branch:
+            return {}
+        return target_loss_weights(
+            epoch,
+            neighbor_mode=self.neighbor_mode,
+            intra_start_epoch=self.intra_start_epoch,
+            intra_weight=self.intra_weight,
+            inter_start_epoch=self.inter_start_epoch,
+            inter_weight=self.inter_weight,
+            agnostic_weight=self.agnostic_weight,
+        )
+
+    def __call__(
+        self,
+        *,
+        epoch: int,
+        source_features: Tensor,
+        source_logits: Tensor,
+        source_labels: Tensor,
+        classifier_weight: Tensor,
+        target_features: Tensor | None = None,
+        target_camids: Tensor | None = None,
+        target_slots: Tensor | None = None,
+        memory_features: Tensor | None = None,
+        memory_camids: Tensor | None = None,
+        lam: float | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Total loss of one step and its parts.
+
+        A target loss whose weight is 0 this epoch is still computed, for logging, but without a graph, so it adds
+        nothing to the gradient. Everything is computed in float32 with autocast disabled. Target inputs are ignored
+        when `target_branch` is off.
+
+        Args:
+            epoch: 1-based epoch.
+            source_features: (B_s, D) BNNeck features of the source half (batch statistics).
+            source_logits: (B_s, C) classifier logits of `source_features`.
+            source_labels: (B_s,) source class ids.
+            classifier_weight: (C, D) classifier weight (for the mixup virtual class).
+            target_features: (B_t, D) BNNeck features of the target half (not normalised).
+            target_camids: (B_t,) camera of each target image.
+            target_slots: (B_t,) memory slot of each target image.
+            memory_features: (N, D) exemplar memory, before this step's update.
+            memory_camids: (N,) camera of each memory slot.
+            lam: mixing weight when the source half was mixed (`mix_pixels`); None for plain cross-entropy.
+
+        Returns:
+            `(total, components)`: the scalar loss to backpropagate, and detached scalars `source_ce` or `mixup`,
+            the unweighted target losses `intra` and `inter` (or `agnostic`), `total` and `source_accuracy`.
+        """
+        components: dict[str, Tensor] = {}
+        with torch.autocast(device_type=source_logits.device.type, enabled=False):
+            if lam is None:
+                total = components["source_ce"] = F.cross_entropy(source_logits.float(), source_labels)
+            else:
+                if not self.mixup_active(epoch):
+                    raise ValueError(f"lam={lam} given, but mixup is off in epoch {epoch}")
+                if target_slots is None or memory_features is None:
+                    raise ValueError("mixup needs target_slots and memory_features (the paired target memory rows)")
+                memory_rows = memory_features[target_slots]  # (B_s, D), pairs source i with target i
+                total = components["mixup"] = mixup_virtual_class_loss(
+                    source_features, classifier_weight, memory_rows, source_labels, lam
+                )
+            if self.target_branch:
+                target = {
+                    "target_features": target_features,
+                    "target_camids": target_camids,
+                    "target_slots": target_slots,
+                    "memory_features": memory_features,
+                    "memory_camids": memory_camids,
+                }
+                missing = [name for name, value in target.items() if value is None]
+                if missing:
+                    raise ValueError(f"the target branch needs {', '.join(missing)}")
+                weights = self.target_weights(epoch)
+                with torch.set_grad_enabled(torch.is_grad_enabled() and any(w != 0 for w in weights.values())):
+                    losses = self._target_losses(**target)
+                for name, loss in losses.items():
+                    components[name] = loss
+                    if weights[name] != 0:
+                        total = total + weights[name] * loss
+            components["total"] = total
+            components["source_accuracy"] = (source_logits.argmax(1) == source_labels).float().mean()
+        return total, {name: value.detach() for name, value in components.items()}
+
+    def _target_losses(
+        self,
+        *,
+        target_features: Tensor,
+        target_camids: Tensor,
+        target_slots: Tensor,
+        memory_features: Tensor,
+        memory_camids: Tensor,
+    ) -> dict[str, Tensor]:
+        """Unweighted target losses against the memory (no gradient into the memory)."""
+        features = F.normalize(target_features.float(), dim=1)  # (B_t, D)
+        sim = features @ memory_features.detach().float().T  # (B_t, N)
+        if self.neighbor_mode == 1:
+            intra, inter = camera_aware_neighborhood_loss(
+                sim, target_camids, memory_camids, target_slots, scale=self.scale, eps=self.eps
+            )
+            return {"intra": intra, "inter": inter}
+        return {"agnostic": camera_agnostic_neighborhood_loss(sim, target_slots, scale=self.scale, eps=self.eps)}
