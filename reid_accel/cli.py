@@ -242,9 +242,17 @@ def main(argv: list[str] | None = None) -> int:
     Args:
         argv: the arguments after the program name; default `sys.argv[1:]`.
     """
+    # Idle OpenMP threads sleep instead of spinning, so loader workers or another job on the same cores do not
+    # slow training several-fold. Must be set before torch is imported (the handlers import it); users may override.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        # argparse gives a trailing positional nothing once an option came between: `train C --resume k=v`.
+        if extra and args.command == "train" and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides += extra
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exit_:  # argparse exits 2 on bad arguments, 0 after --help
         return exit_.code if isinstance(exit_.code, int) else 0
     # Under a launcher every process runs this; only the first one reports progress.

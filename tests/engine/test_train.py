@@ -117,3 +117,9 @@ def test_source_only_baseline_trains_without_a_target(write_config, tmp_path):
     result = train(load_config(config, ["optim.epochs=1"]))
     assert len(result.evaluations) == 1
     assert not (checkpoint_dirs(tmp_path / "run")[-1] / "memory.safetensors").exists()
+
+
+def test_overrides_may_follow_options(write_config, tmp_path):
+    config = write_config(optim={"epochs": 1})
+    assert main(["train", str(config), "--output-dir", str(tmp_path / "other"), "train.eval_interval=5"]) == 0
+    assert json.loads((tmp_path / "other" / "metrics.json").read_text())["config"]["train"]["eval_interval"] == 5

@@ -1,0 +1,175 @@
+"""Pictures of a ranking: the CMC curve and rank lists (query + top-k gallery, green = same id, red = other).
+
+matplotlib is optional (``pip install 'reid-accel[viz]'``) and imported only here, inside the functions. Figures are
+drawn on the Agg canvas directly (no pyplot, no global backend switch) and written atomically: a temporary file in
+the target folder, then ``os.replace``. Rank lists come from `reid_accel.metrics.top_k_gallery`.
+"""
+
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from reid_accel.errors import ReidAccelError
+
+logger = logging.getLogger(__name__)
+
+# Rank-list cell: re-ID crops are 1:2 (width:height); shown at 64 x 128 pixels each.
+_CELL_PIXELS = (64, 128)
+_RIGHT, _WRONG, _QUERY = "#1a9850", "#d73027", "#2c7bb6"
+
+
+def plot_cmc(cmc: Sequence[float] | np.ndarray, path: str | Path, *, title: str = "CMC curve") -> Path:
+    """Plots the CMC curve (hit rate at rank 1..len(cmc)) to a PNG file.
+
+    Args:
+        cmc: (R,) fractions in [0, 1], e.g. ``rank_metrics(...)["cmc"]``.
+        path: PNG file to write (its folder is created).
+        title: figure title.
+
+    Returns:
+        The written path.
+    """
+    curve = np.asarray(cmc, dtype=np.float64)
+    if curve.ndim != 1 or len(curve) == 0:
+        raise ReidAccelError(f"cmc has shape {curve.shape}; expected a non-empty 1-D array")
+    if not np.all((curve >= 0) & (curve <= 1)):
+        raise ReidAccelError(f"cmc spans [{curve.min():.3g}, {curve.max():.3g}]; expected fractions in [0, 1]")
+    figure_cls, canvas_cls = _matplotlib("plot_cmc")
+    fig = figure_cls(figsize=(6.0, 4.0), dpi=100)
+    canvas_cls(fig)
+    ax = fig.add_subplot()
+    ranks = np.arange(1, len(curve) + 1)
+    ax.plot(ranks, 100 * curve, color=_QUERY, marker="o", markersize=3, linewidth=1.5)
+    marked = [rank for rank in (1, 5, 10) if rank <= len(curve)]
+    ax.plot(marked, [100 * curve[rank - 1] for rank in marked], linestyle="none", marker="o", color=_RIGHT)
+    summary = "\n".join(f"rank-{rank}: {100 * curve[rank - 1]:.1f}%" for rank in marked)
+    ax.text(
+        0.97,
+        0.05,
+        summary,
+        transform=ax.transAxes,
+        ha="right",
+        va="bottom",
+        family="monospace",
+        bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "0.7"},
+    )
+    ax.set_xlim(0.5, len(curve) + 0.5)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("rank")
+    ax.set_ylabel("matching rate (%)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_rank_list(
+    query_paths: Sequence[str | Path],
+    gallery_paths: Sequence[str | Path],
+    ranked_indices: np.ndarray,
+    matches: np.ndarray,
+    query_camids: Sequence[int],
+    gallery_camids: Sequence[int],
+    path: str | Path,
+    *,
+    num_queries: int = 4,
+    top_k: int = 10,
+) -> Path:
+    """Draws one row per query: the query image, then its top-k gallery images framed green (same id) or red.
+
+    Args:
+        query_paths: (n,) image files of the ranked queries (row i of ``ranked_indices`` belongs to query i).
+        gallery_paths: (G,) image files of the whole gallery.
+        ranked_indices: (n, >= top_k) gallery indices, best first; -1 leaves a cell empty (see `top_k_gallery`).
+        matches: (n, >= top_k) bool, True where the gallery item has the query's id.
+        query_camids: (n,) camera ids of the queries, shown under each image.
+        gallery_camids: (G,) camera ids of the gallery.
+        path: PNG file to write (its folder is created).
+        num_queries: rows drawn (the first ones).
+        top_k: gallery images per row.
+
+    Returns:
+        The written path.
+    """
+    ranked = np.asarray(ranked_indices)
+    hits = np.asarray(matches, dtype=bool)
+    rows = min(num_queries, len(query_paths))
+    if ranked.ndim != 2 or ranked.shape != hits.shape or len(ranked) < rows or ranked.shape[1] < top_k:
+        raise ReidAccelError(
+            f"ranked_indices {ranked.shape} / matches {hits.shape}; expected equal shapes (n, >= {top_k}) "
+            f"with n >= {rows}"
+        )
+    if len(query_camids) != len(query_paths) or len(gallery_camids) != len(gallery_paths):
+        raise ReidAccelError(
+            f"{len(query_paths)} query paths / {len(query_camids)} query camids and {len(gallery_paths)} gallery "
+            f"paths / {len(gallery_camids)} gallery camids; expected equal lengths"
+        )
+    if rows < 1 or top_k < 1:
+        raise ReidAccelError(
+            f"num_queries={num_queries}, top_k={top_k} with {len(query_paths)} queries; expected >= 1"
+        )
+    figure_cls, canvas_cls = _matplotlib("plot_rank_list")
+    cell_w, cell_h = 0.85, 1.95  # inches per image column / row, labels included
+    height = cell_h * rows + 0.2
+    fig = figure_cls(figsize=(cell_w * (top_k + 1.4), height), dpi=100)
+    canvas_cls(fig)
+    grid = fig.add_gridspec(rows, top_k + 2, width_ratios=[1, 0.4] + [1] * top_k, wspace=0.08, hspace=0.35)
+    for row in range(rows):
+        _image_cell(fig.add_subplot(grid[row, 0]), query_paths[row], _QUERY, f"query\ncam {query_camids[row]}")
+        for rank in range(top_k):
+            ax = fig.add_subplot(grid[row, rank + 2])
+            index = int(ranked[row, rank])
+            if index < 0:
+                ax.set_axis_off()
+                continue
+            color = _RIGHT if hits[row, rank] else _WRONG
+            _image_cell(ax, gallery_paths[index], color, f"#{rank + 1}\ncam {gallery_camids[index]}")
+    fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.1 / height, bottom=0.45 / height)
+    return _save(fig, path)
+
+
+def _image_cell(ax, image_path: str | Path, color: str, label: str) -> None:
+    """One image, resized to the cell, framed in ``color`` with ``label`` under it."""
+    from PIL import Image
+
+    try:
+        with Image.open(image_path) as image:
+            pixels = np.asarray(image.convert("RGB").resize(_CELL_PIXELS, Image.Resampling.BILINEAR))
+    except OSError as error:
+        raise ReidAccelError(f"cannot read image {image_path}: {error}") from error
+    ax.imshow(pixels)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_edgecolor(color)
+        spine.set_linewidth(4)
+    ax.set_xlabel(label, fontsize=8, color=color, labelpad=2, linespacing=1.1)
+
+
+def _matplotlib(caller: str):
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise ImportError(f"{caller} needs matplotlib; install it with: pip install 'reid-accel[viz]'") from error
+    return Figure, FigureCanvasAgg
+
+
+def _save(fig, path: str | Path) -> Path:
+    """Writes ``fig`` as PNG atomically: temporary file in the same folder, then ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            fig.savefig(stream, format="png")
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    logger.info("wrote %s", path)
+    return path
