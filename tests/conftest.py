@@ -1,14 +1,11 @@
-"""Every test runs offline, with the `datasets` cache and the modules cache inside a temporary folder."""
+"""Every test runs offline, with the `datasets` cache and the modules cache inside a temporary folder.
+
+The environment is set before anything imports huggingface_hub or torch, which read it once at import.
+"""
 
 import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle threads sleep instead of spinning: fair to a busy machine
-
-import tempfile  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import datasets  # noqa: E402
-import pytest  # noqa: E402
+import tempfile
+from pathlib import Path
 
 _CACHE = Path(tempfile.mkdtemp(prefix="reid-accel-tests-"))
 os.environ.update(
@@ -17,11 +14,10 @@ os.environ.update(
     HF_DATASETS_CACHE=str(_CACHE / "datasets"),
     HF_MODULES_CACHE=str(_CACHE / "modules"),
     MPLBACKEND="Agg",
-    TOKENIZERS_PARALLELISM="false",
 )
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle threads sleep instead of spinning: fair to a busy machine
+
+import datasets  # noqa: E402
+
 datasets.config.HF_DATASETS_CACHE = _CACHE / "datasets"
 
-
-@pytest.fixture(scope="session")
-def test_cache_root() -> Path:
-    return _CACHE
