@@ -116,6 +116,7 @@ def plot_training_curves(history: list[dict[str, Any]], evaluations: list[dict[s
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, (ax_loss, ax_eval) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
     names = [k for k in (history[0] if history else {}) if k not in ("epoch", "source_accuracy")]
@@ -137,6 +138,8 @@ def plot_training_curves(history: list[dict[str, Any]], evaluations: list[dict[s
     ax_eval.set(title="target retrieval", xlabel="epoch", ylabel="%", ylim=(0, 100))
     ax_eval.grid(alpha=0.3)
     ax_eval.legend(fontsize=8)
+    for ax in (ax_loss, ax_eval):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
