@@ -20,10 +20,10 @@ DEMO = "configs/synthetic.yaml"
 # name -> (what the row means, config, overrides)
 VARIANTS = {
     "source_only": ("source only", "configs/synthetic_source_only.yaml", []),
-    "agnostic": ("camera-agnostic neighbourhood", DEMO, ["objective.neighbor_mode=0", "objective.mixup=false"]),
-    "intra": ("camera-aware, intra only", DEMO, ["objective.inter_weight=0.0", "objective.mixup=false"]),
-    "intra_inter": ("camera-aware, intra + inter", DEMO, ["objective.mixup=false"]),
-    "mixup": ("camera-aware, intra + inter + mixup", DEMO, ["objective.mixup=true"]),
+    "agnostic": ("camera-agnostic neighbourhood", DEMO, ["objective.neighbor_mode=0"]),
+    "intra": ("camera-aware, intra only (the demo)", DEMO, []),
+    "intra_inter": ("camera-aware, intra + inter", DEMO, ["objective.inter_weight=0.5"]),
+    "mixup": ("camera-aware, intra + inter + mixup", DEMO, ["objective.inter_weight=0.5", "objective.mixup=true"]),
 }
 
 

@@ -20,4 +20,3 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle threads sleep instea
 import datasets  # noqa: E402
 
 datasets.config.HF_DATASETS_CACHE = _CACHE / "datasets"
-
