@@ -29,6 +29,11 @@ logger = logging.getLogger(__name__)
 LOG_FORMAT = "%(levelname)s: %(message)s"
 
 
+def _is_main_process() -> bool:
+    """Under a launcher every process runs the command; only the first one reports."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _print_report(
     name: str, dataset: Mapping[str, Any], options: Mapping[str, str], *, check: bool = True, verify: bool = False
 ) -> int:
@@ -131,7 +136,7 @@ def _train(args: argparse.Namespace) -> int:
         again = " ".join(["reid-accel train", str(args.config), *args.overrides, "--output-dir", cfg.train.output_dir])
         print(f"{stop}; resume with: {again} --resume", file=sys.stderr)
         return 128 + stop.signum if stop.signum in (signal.SIGINT, signal.SIGTERM) else 1
-    if os.environ.get("RANK", "0") != "0":
+    if not _is_main_process():
         return 0
     from reid_accel.hub import write_model_card
 
@@ -182,7 +187,7 @@ def _eval(args: argparse.Namespace) -> int:
         ap_mode=args.ap_mode,
         model_reference=str(args.model),
     )
-    if os.environ.get("RANK", "0") == "0":
+    if _is_main_process():
         print(f"{'dataset':<12} {'queries':>7} {'mAP':>6} {'rank-1':>7} {'rank-5':>7} {'rank-10':>8}")
         print(
             f"{args.dataset:<12} {metrics['num_valid_queries']:>7} {100 * metrics['mAP']:>6.1f} "
@@ -255,9 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exit_:  # argparse exits 2 on bad arguments, 0 after --help
         return exit_.code if isinstance(exit_.code, int) else 0
-    # Under a launcher every process runs this; only the first one reports progress.
-    main_process = os.environ.get("RANK", "0") == "0"
-    logging.basicConfig(level=logging.INFO if main_process else logging.WARNING, format=LOG_FORMAT)
+    logging.basicConfig(level=logging.INFO if _is_main_process() else logging.WARNING, format=LOG_FORMAT)
     try:
         return args.handler(args)
     except (ReidAccelError, FileNotFoundError) as err:

@@ -63,8 +63,8 @@ def model_card(encoder_config: dict[str, Any], metrics: dict[str, Any] | None = 
     source = (data.get("source") or {}).get("name")
     target = (data.get("target") or {}).get("name")
     evaluated = (data.get("eval") or data.get("target") or data.get("source") or {}).get("name")
-    last = (metrics or {}).get("evaluations", [])[-1:] or [None]
-    last = last[0]
+    evaluations = (metrics or {}).get("evaluations", [])
+    last = evaluations[-1] if evaluations else None
     ap_mode = (metrics or {}).get("run", {}).get("ap_mode", "standard")
     results = []
     if last is not None and evaluated:

@@ -73,25 +73,25 @@ def evaluate_retrieval(
     accelerator: Accelerator,
     *,
     flip: bool = False,
+    rerank: bool = False,
     ap_mode: str = "standard",
 ) -> tuple[dict, Embeddings, Embeddings]:
     """Embed query and gallery and compute mAP / CMC under the Market-1501 protocol.
+
+    With `rerank`, the cosine ranking is replaced by k-reciprocal re-ranked distances.
 
     Returns:
         The metrics dict of `rank_metrics` and the two embedding sets (for saving or pictures).
     """
     query = extract_embeddings(model, query_loader, accelerator, flip=flip, desc="query")
     gallery = extract_embeddings(model, gallery_loader, accelerator, flip=flip, desc="gallery")
-    metrics = rank_metrics(
-        query.features,
-        gallery.features,
-        query.pids,
-        gallery.pids,
-        query.camids,
-        gallery.camids,
-        ap_mode=ap_mode,
-        device=accelerator.device,
-    )
+    labels = (query.pids, gallery.pids, query.camids, gallery.camids)
+    device = accelerator.device
+    if rerank:
+        distance = rerank_distance(query.features, gallery.features, device=device)
+        metrics = rank_metrics_from_distance(distance, *labels, ap_mode=ap_mode, device=device)
+    else:
+        metrics = rank_metrics(query.features, gallery.features, *labels, ap_mode=ap_mode, device=device)
     return metrics, query, gallery
 
 
@@ -125,24 +125,15 @@ def evaluate_model(
         for name in ("query", "gallery")
     )
     encoder, query_loader, gallery_loader = accelerator.prepare(encoder, query_loader, gallery_loader)
-    model = accelerator.unwrap_model(encoder)
-    if rerank:
-        query = extract_embeddings(model, query_loader, accelerator, flip=flip, desc="query")
-        gallery = extract_embeddings(model, gallery_loader, accelerator, flip=flip, desc="gallery")
-        distance = rerank_distance(query.features, gallery.features, device=accelerator.device)
-        metrics = rank_metrics_from_distance(
-            distance,
-            query.pids,
-            gallery.pids,
-            query.camids,
-            gallery.camids,
-            ap_mode=ap_mode,
-            device=accelerator.device,
-        )
-    else:
-        metrics, query, gallery = evaluate_retrieval(
-            model, query_loader, gallery_loader, accelerator, flip=flip, ap_mode=ap_mode
-        )
+    metrics, query, gallery = evaluate_retrieval(
+        accelerator.unwrap_model(encoder),
+        query_loader,
+        gallery_loader,
+        accelerator,
+        flip=flip,
+        rerank=rerank,
+        ap_mode=ap_mode,
+    )
     settings = {"dataset": dataset.name, "root": str(dataset.resolved_root()), "model": model_reference}
     settings |= {"flip": flip, "rerank": rerank, "ap_mode": ap_mode}
     if output_dir is not None and accelerator.is_main_process:
