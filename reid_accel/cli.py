@@ -122,6 +122,7 @@ def _train(args: argparse.Namespace) -> int:
     import signal
 
     from reid_accel.config import load_config
+    from reid_accel.engine.distributed import LostProcessError
     from reid_accel.engine.train import TrainingInterrupted, train
 
     overrides = list(args.overrides)
@@ -130,12 +131,16 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume:
         overrides.append("train.resume=auto")
     cfg = load_config(args.config, overrides)
+    again = " ".join(["reid-accel train", str(args.config), *args.overrides, "--output-dir", cfg.train.output_dir])
     try:
         result = train(cfg)
     except TrainingInterrupted as stop:
-        again = " ".join(["reid-accel train", str(args.config), *args.overrides, "--output-dir", cfg.train.output_dir])
-        print(f"{stop}; resume with: {again} --resume", file=sys.stderr)
+        if _is_main_process():
+            print(f"{stop}; resume with: {again} --resume", file=sys.stderr)
         return 128 + stop.signum if stop.signum in (signal.SIGINT, signal.SIGTERM) else 1
+    except LostProcessError as lost:
+        print(f"reid-accel: error: {lost}; resume from the last checkpoint with: {again} --resume", file=sys.stderr)
+        return 1
     if not _is_main_process():
         return 0
     from reid_accel.hub import write_model_card

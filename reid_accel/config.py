@@ -7,6 +7,7 @@ default. Defaults are the published recipe of the paper (see METHOD.md).
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +19,26 @@ import yaml
 from reid_accel.errors import ConfigError
 
 DATA_ROOT_ENV = "REID_DATA_ROOT"
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """YAML with only `true` / `false` as booleans (YAML 1.2), so `train.mixed_precision=no` stays the string "no"."""
+
+
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+ERASING_RATIO_RULES = ("linear", "log")
 
 
 @dataclass
@@ -38,10 +59,13 @@ class DomainConfig:
 
 @dataclass
 class DataConfig:
-    """Datasets, image size and the batch layout.
+    """Datasets, image size, augmentation and the batch layout.
 
-    `batch_size` is the global batch summed over processes, half source and half target; each process gets
-    `batch_size / num_processes` images, and every BatchNorm sees that per-process batch.
+    `batch_size` is the global batch of one optimizer step summed over processes, half source and half target.
+    `bn_batch_size` is the number of images (half source, half target) whose statistics one BatchNorm computes;
+    the published recipe ran 2 GPUs x (64 + 64), so 128. Fewer processes run it as micro-batches, more as
+    SyncBatchNorm groups, with the same result (`reid_accel.data.layout`). None: one group per process, i.e. the
+    statistics depend on how many processes run.
     """
 
     source: DomainConfig = field(default_factory=DomainConfig)
@@ -50,11 +74,13 @@ class DataConfig:
     height: int = 256
     width: int = 128
     batch_size: int = 256
+    bn_batch_size: int | None = None
     eval_batch_size: int = 256
     num_workers: int = 4
     pad: int = 10
     flip_prob: float = 0.5
     erasing_prob: float = 0.5
+    erasing_ratio_rule: str = "linear"
 
 
 @dataclass
@@ -65,14 +91,17 @@ class ModelConfig:
     pretrained: bool = True
     pretrained_path: str | None = None
     last_stride: int = 1
-    sync_bn: bool = False
     channels_last: bool = False
     compile: bool = False
 
 
 @dataclass
 class ObjectiveConfig:
-    """Loss terms and their schedule; epochs are 1-based and a term is on once `epoch > *_start_epoch`."""
+    """Loss terms and their schedule; epochs are 1-based and a term is on once `epoch > *_start_epoch`.
+
+    `mixup_lambda_per`: "global" draws one mixup weight per optimizer step; "group" one per BatchNorm group, as
+    the original drew one per GPU.
+    """
 
     target_branch: bool = True
     neighbor_mode: int = 1
@@ -105,21 +134,27 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    """Run-level settings: seeding, precision, evaluation, checkpoints and logging.
+    """Run-level settings: seeding, precision, length, evaluation, checkpoints, logging and failure handling.
 
     `mixed_precision: null` leaves the choice to the launcher (`accelerate_config.yaml` or `accelerate config`).
+    `max_steps` stops after that many optimizer steps (then evaluates, saves and exports), for smoke runs.
+    `collective_timeout_s` bounds how long a process waits for the others before it reports them lost.
+    `save_on_each_node` writes checkpoints on every machine, for clusters without a shared filesystem.
     """
 
     seed: int = 0
     mixed_precision: str | None = None
     output_dir: str = "outputs/run"
+    max_steps: int | None = None
     eval_interval: int = 10
     checkpoint_interval: int = 10
     keep_checkpoints: int = 3
     resume: str = "no"
     log_with: str = "auto"
+    log_interval: int = 20
     deterministic: bool = False
-    published_per_process_batch: int | None = None
+    collective_timeout_s: float = 600.0
+    save_on_each_node: bool = False
 
 
 @dataclass
@@ -149,7 +184,8 @@ _CHOICES = {
     "train.resume": ("no", "auto"),
     "train.log_with": ("auto", "none", "tensorboard"),
     "objective.neighbor_mode": (0, 1),
-    "objective.mixup_lambda_per": ("global", "process"),
+    "objective.mixup_lambda_per": ("global", "group"),
+    "data.erasing_ratio_rule": ERASING_RATIO_RULES,
     "model.last_stride": (1, 2),
 }
 
@@ -164,11 +200,17 @@ def _check_choices(cfg: ExperimentConfig) -> None:
         raise ConfigError(
             f"data.batch_size: {cfg.data.batch_size} must be a positive even number (half source, half target)"
         )
+    if cfg.data.bn_batch_size is not None and cfg.data.bn_batch_size <= 0:
+        raise ConfigError(f"data.bn_batch_size: {cfg.data.bn_batch_size} must be positive (or null)")
     if cfg.optim.epochs <= 0:
         raise ConfigError(f"optim.epochs: {cfg.optim.epochs} must be positive")
-    for key in ("eval_interval", "checkpoint_interval", "keep_checkpoints"):
+    for key in ("eval_interval", "checkpoint_interval", "keep_checkpoints", "log_interval"):
         if getattr(cfg.train, key) <= 0:
             raise ConfigError(f"train.{key}: {getattr(cfg.train, key)} must be positive")
+    if cfg.train.max_steps is not None and cfg.train.max_steps <= 0:
+        raise ConfigError(f"train.max_steps: {cfg.train.max_steps} must be positive (or null for whole epochs)")
+    if not cfg.train.collective_timeout_s > 0:
+        raise ConfigError(f"train.collective_timeout_s: {cfg.train.collective_timeout_s} must be positive")
 
 
 def _convert(value: Any, annotation: Any, key: str) -> Any:
@@ -225,7 +267,7 @@ def _apply_override(tree: dict[str, Any], override: str) -> None:
     if not sep or not key:
         raise ConfigError(f"override {override!r}: expected key=value, e.g. optim.lr_backbone=0.02")
     try:
-        value = yaml.safe_load(raw)
+        value = _load_yaml(raw)
     except yaml.YAMLError as err:
         raise ConfigError(f"override {override!r}: value is not valid YAML ({err.problem})") from None
     *parents, leaf = key.split(".")
@@ -254,7 +296,7 @@ def load_config(path: str | os.PathLike | None, overrides: typing.Sequence[str] 
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:
-            tree = yaml.safe_load(path.read_text()) or {}
+            tree = _load_yaml(path.read_text()) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML ({err})".replace("\n", " ")) from None
         if not isinstance(tree, dict):

@@ -137,8 +137,9 @@ def model_card(encoder_config: dict[str, Any], metrics: dict[str, Any] | None = 
             "",
             "## Training",
             "",
-            f"{run.get('world_size')} process(es) x ({run.get('per_process_source')} source + "
-            f"{run.get('per_process_target')} target) images per step, mixed precision "
+            f"{run.get('global_batch')} images per step in BatchNorm groups of {run.get('bn_batch_size')} "
+            f"({run.get('micro_batch_source')} source + {run.get('micro_batch_target')} target per forward), "
+            f"on {run.get('world_size')} process(es) x {run.get('micro_batches')} micro-batch(es), mixed precision "
             f"`{run.get('mixed_precision')}`, {run.get('steps_per_epoch')} steps per epoch. Packages: "
             + ", ".join(f"{k} {v}" for k, v in (run.get("packages") or {}).items() if v)
             + ".",

@@ -24,10 +24,11 @@ def test_shipped_configs_load_and_round_trip(path, tmp_path):
     assert load_config(again) == cfg
 
 
-def test_published_configs_state_the_per_process_split():
-    for name in ("duke2market", "market2duke"):
+def test_published_configs_state_the_batchnorm_group():
+    for name in ("duke2market", "market2duke", "market2msmt", "msmt2market"):
         cfg = load_config(CONFIGS[0].parent / f"{name}.yaml")
-        assert cfg.data.batch_size == 256 and cfg.train.published_per_process_batch == 128
+        assert cfg.data.batch_size == 256 and cfg.data.bn_batch_size == 128
+        assert cfg.data.erasing_ratio_rule == "linear", "the authors' torchvision drew the erasing ratio linearly"
 
 
 def test_dotted_overrides_are_typed():
@@ -77,3 +78,10 @@ def test_relative_roots_resolve_under_the_data_root_variable(monkeypatch, tmp_pa
     assert DomainConfig(root="/abs/market").resolved_root() == Path("/abs/market")
     monkeypatch.delenv("REID_DATA_ROOT")
     assert DomainConfig(root="m").resolved_root() == Path("m")
+
+
+def test_only_true_and_false_are_booleans():
+    cfg = load_config(None, ["train.mixed_precision=no", "objective.mixup=false"])
+    assert cfg.train.mixed_precision == "no" and cfg.objective.mixup is False
+    with pytest.raises(ConfigError, match="objective.mixup: expected bool, got 'yes'"):
+        load_config(None, ["objective.mixup=yes"])

@@ -1,11 +1,12 @@
-"""The batch layout of the method: every per-process batch is [B/2 source | B/2 target] (METHOD.md, "Batches").
+"""The [source | target] batches of the method (METHOD.md, "Batches"), laid out by a `BatchLayout`.
 
 Who shards: this sampler. It is rank-aware: every process builds the same global order from a generator seeded
-by (seed, epoch) and takes its own slice of each global step, so ranks draw disjoint, equally long shares and
-every rank's batch keeps its two halves. The engine must therefore NOT pass the train loader through
-`accelerator.prepare`: accelerate's `split_batches` would hand rank 0 only source images and `even_batches`
-would pad the last batch from the epoch's start, breaking the halves; a prepared loader would also never
-forward `set_epoch` to a custom batch sampler. The engine calls `set_epoch` itself, before every epoch.
+by (seed, epoch) and takes its own positions of each global step (`BatchLayout.domain_offsets`), so ranks draw
+disjoint, equally long shares, each micro-batch keeps its two halves, and the images of a step do not depend on
+the number of processes. The engine must therefore NOT pass the train loader through `accelerator.prepare`:
+accelerate's `split_batches` would hand rank 0 only source images and `even_batches` would pad the last batch from
+the epoch's start, breaking the halves; a prepared loader would also never forward `set_epoch` to a custom batch
+sampler. The engine calls `set_epoch` itself, before every epoch.
 
 An epoch walks the larger of the two sets once in a random order; the smaller set is repeated (whole random
 permutations, then random indices) so that both halves stay full. Epoch 1 keeps its last, partial global step,
@@ -13,20 +14,15 @@ completed with random indices, so every target image (every memory slot) is visi
 the partial step is dropped. Duplicates within a step are possible; the memory update handles them.
 """
 
-import hashlib
 import math
 from collections.abc import Iterator
 
 import torch
 from torch.utils.data import Sampler
 
+from reid_accel.data.layout import BatchLayout
 from reid_accel.errors import ConfigError
-
-
-def seeded_generator(*keys: object, device: str | torch.device = "cpu") -> torch.Generator:
-    """A torch generator seeded by a stable hash of `keys` (unlike `hash()`, the same in every process)."""
-    digest = hashlib.blake2b(":".join(map(str, keys)).encode(), digest_size=8).digest()
-    return torch.Generator(device=device).manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
+from reid_accel.seeding import seeded_generator
 
 
 def _order(size: int, length: int, generator: torch.Generator) -> torch.Tensor:
@@ -41,58 +37,45 @@ def _order(size: int, length: int, generator: torch.Generator) -> torch.Tensor:
 
 
 class CrossDomainBatchSampler(Sampler[list[int]]):
-    """Batches of indices into `CrossDomainDataset`: B/2 source indices, then B/2 target indices (offset by
-    `num_source`). With `num_target=0` (single-domain training) a batch is B source indices.
+    """Per-process batches of indices into `CrossDomainDataset`, micro-batch after micro-batch, each micro-batch
+    its source indices then its target indices (offset by `num_source`). Without a target (source-only training)
+    a micro-batch holds source indices only.
 
     Args:
         num_source: images in the source train split.
-        num_target: images in the target train split (0 for source-only training).
-        batch_size: the per-process batch B; must be even when there is a target.
-        num_replicas: number of processes.
+        num_target: images in the target train split (0 exactly when the layout has one domain).
+        layout: the step's arithmetic (global batch, processes, micro-batches).
         rank: this process's index.
         seed: with the epoch, seeds the global order; equal on every process.
     """
 
-    def __init__(
-        self,
-        num_source: int,
-        num_target: int,
-        batch_size: int,
-        *,
-        num_replicas: int = 1,
-        rank: int = 0,
-        seed: int = 0,
-    ) -> None:
-        if num_source < 1 or num_target < 0:
+    def __init__(self, num_source: int, num_target: int, layout: BatchLayout, *, rank: int = 0, seed: int = 0) -> None:
+        if num_source < 1 or num_target < 0 or (num_target > 0) != layout.two_domains:
             raise ConfigError(
-                f"training sets of {num_source} source and {num_target} target images: need source images"
+                f"training sets of {num_source} source and {num_target} target images do not fit a "
+                f"{'two' if layout.two_domains else 'one'}-domain layout"
             )
-        if batch_size < 1 or (num_target and batch_size % 2):
+        if not 0 <= rank < layout.world_size:
+            raise ConfigError(f"rank {rank} is not in [0, {layout.world_size})")
+        larger = max(num_source, num_target)
+        if larger < layout.domain_batch:
             raise ConfigError(
-                f"per-process batch size {batch_size} must be a positive even number (half source, half target)"
+                f"a step of {layout.domain_batch} images per domain (data.batch_size={layout.global_batch}) exceeds "
+                f"the larger training set ({larger} images); no full step would remain after epoch 1"
             )
-        if not 0 <= rank < num_replicas:
-            raise ConfigError(f"rank {rank} is not in [0, {num_replicas})")
         self.num_source = num_source
         self.num_target = num_target
-        self.half = batch_size // 2 if num_target else batch_size  # images per domain in one process's batch
-        self.num_replicas = num_replicas
-        self.rank = rank
+        self.layout = layout
+        self.offsets = layout.domain_offsets(rank)
         self.seed = seed
-        self.global_half = self.half * num_replicas  # images per domain in one global step
-        larger = max(num_source, num_target)
-        if larger < self.global_half:
-            raise ConfigError(
-                f"{num_replicas} process(es) x {self.half} images per domain exceed the larger training set "
-                f"({larger} images); no full step would remain after epoch 1"
-            )
         self.epoch = 1
         self.start_step = 0
 
     def steps_per_epoch(self, epoch: int) -> int:
         """Steps in a whole epoch: epoch 1 keeps the last partial global step, later epochs drop it."""
         larger = max(self.num_source, self.num_target)
-        return math.ceil(larger / self.global_half) if epoch == 1 else larger // self.global_half
+        step = self.layout.domain_batch
+        return math.ceil(larger / step) if epoch == 1 else larger // step
 
     def set_epoch(self, epoch: int, *, start_step: int = 0) -> None:
         """Select the (1-based) epoch to iterate, starting after `start_step` steps already done (resume)."""
@@ -107,13 +90,16 @@ class CrossDomainBatchSampler(Sampler[list[int]]):
         return self.steps_per_epoch(self.epoch) - self.start_step
 
     def __iter__(self) -> Iterator[list[int]]:
-        length = self.steps_per_epoch(self.epoch) * self.global_half
+        step_size, share = self.layout.domain_batch, self.layout.domain_share
+        length = self.steps_per_epoch(self.epoch) * step_size
         generator = seeded_generator(self.seed, self.epoch)
-        source = _order(self.num_source, length, generator)  # (steps * global_half,)
+        source = _order(self.num_source, length, generator)  # (steps * domain_batch,)
         target = _order(self.num_target, length, generator) + self.num_source if self.num_target else None
         for step in range(self.start_step, self.steps_per_epoch(self.epoch)):
-            start = step * self.global_half + self.rank * self.half
-            batch = source[start : start + self.half].tolist()
-            if target is not None:
-                batch += target[start : start + self.half].tolist()
+            batch = []
+            for offset in self.offsets:
+                start = step * step_size + offset
+                batch += source[start : start + share].tolist()
+                if target is not None:
+                    batch += target[start : start + share].tolist()
             yield batch

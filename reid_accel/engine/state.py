@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import re
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -70,14 +71,24 @@ def check_memory_in_sync(accelerator: Accelerator, memory: torch.nn.Module) -> s
     return digests[0]
 
 
+def _writes_checkpoints(accelerator: Accelerator) -> bool:
+    """The process that writes a checkpoint's shared files: the main one, or each machine's with `save_on_each_node`."""
+    if accelerator.project_configuration.save_on_each_node:
+        return accelerator.is_local_main_process
+    return accelerator.is_main_process
+
+
 def save_checkpoint(
     accelerator: Accelerator, state: TrainState, memory: torch.nn.Module | None, config_yaml: str
 ) -> Path:
-    """Save everything needed to resume; every process calls this (each saves its own RNG state)."""
+    """Save everything needed to resume; every process calls this (each saves its own RNG state).
+
+    `train_state.json` is written last: a folder without it is incomplete (the run died while saving).
+    """
     if memory is not None:
         check_memory_in_sync(accelerator, memory)
     location = Path(accelerator.save_state())
-    if accelerator.is_main_process:
+    if _writes_checkpoints(accelerator):
         if memory is not None:
             tensors = {k: v.detach().cpu().contiguous() for k, v in memory.state_dict().items()}
             with atomic_path(location / MEMORY_FILE) as tmp:
@@ -91,8 +102,19 @@ def save_checkpoint(
 def load_latest_checkpoint(
     accelerator: Accelerator, memory: torch.nn.Module | None, output_dir: str | Path
 ) -> TrainState:
-    """Restore the newest complete checkpoint of `output_dir`; a fresh `TrainState` when there is none."""
-    complete = [d for d in checkpoint_dirs(output_dir) if (d / STATE_FILE).is_file()]
+    """Restore the newest complete checkpoint of `output_dir`; a fresh `TrainState` when there is none.
+
+    Incomplete checkpoints (no `train_state.json`: the run died while saving) are removed first, so that saving
+    goes on under their numbers.
+    """
+    folders = checkpoint_dirs(output_dir)
+    incomplete = [d for d in folders if not (d / STATE_FILE).is_file()]
+    if incomplete and _writes_checkpoints(accelerator):
+        for folder in incomplete:
+            logger.warning("removing incomplete checkpoint %s (the run stopped while saving it)", folder)
+            shutil.rmtree(folder)
+    accelerator.wait_for_everyone()
+    complete = [d for d in folders if d not in incomplete]
     if not complete:
         logger.info("no checkpoint in %s: starting from scratch", output_dir)
         return TrainState()
@@ -100,7 +122,7 @@ def load_latest_checkpoint(
     accelerator.load_state(str(latest))
     try:
         if memory is not None:
-            memory.load_state_dict(load_file(latest / MEMORY_FILE, device=str(accelerator.device)))
+            memory.load_state_dict(load_file(latest / MEMORY_FILE))  # copied into the buffers, on their device
         state = TrainState(**json.loads((latest / STATE_FILE).read_text()))
     except (OSError, ValueError, TypeError, RuntimeError) as err:
         raise ModelLoadError(f"{latest}: checkpoint is incomplete or corrupt ({err})") from None

@@ -4,29 +4,31 @@ One process::
 
     reid-accel train configs/duke2market.yaml --output-dir runs/duke2market
 
-Several GPUs or nodes (the launcher starts one process per GPU; `data.batch_size` is the global batch)::
+Several GPUs or machines (the launcher starts one process per GPU; the recipe, not the launch, fixes the batch)::
 
     accelerate launch --config_file accelerate_config.yaml -m reid_accel.train configs/duke2market.yaml
 
-The order follows accelerate's examples: Accelerator -> seed -> data -> model -> optimizer -> prepare -> loop.
-Each step runs one forward over [source | target] (the backbone's BatchNorm sees both halves), computes the
-objective against the memory as it was before the step, steps the optimizer, and only then writes the gathered
-target features into the exemplar memory, identically on every process.
+`setup` builds everything once, in the order of accelerate's examples: Accelerator -> batch layout -> seed ->
+data -> model -> optimizer -> prepare -> resume. `train_step` is one optimizer step: every BatchNorm group of the
+process's share runs one forward over [source | target] (the backbone's BatchNorm sees both halves), the objective
+is computed against the memory as it was before the step, gradients of the groups are averaged, the optimizer
+steps, and only then are the gathered target features written into the exemplar memory, identically on every
+process. `train` is the loop around it.
 """
 
 import logging
 import os
 import signal
 import time
-from collections import defaultdict
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -39,12 +41,19 @@ from reid_accel.data import (
     build_transform,
     load_benchmark,
 )
-from reid_accel.data.samplers import seeded_generator
+from reid_accel.data.layout import BatchLayout
+from reid_accel.engine.distributed import (
+    ProcessTable,
+    convert_to_sync_groups,
+    reporting_lost_processes,
+    share_main_process_buffers,
+)
 from reid_accel.engine.evaluate import evaluate_retrieval
 from reid_accel.engine.report import RunRecorder, environment_info
 from reid_accel.engine.state import TrainState, checkpoint_dirs, load_latest_checkpoint, save_checkpoint
 from reid_accel.errors import ConfigError
 from reid_accel.modeling import CrossDomainNetwork, ExemplarMemory, ReIDEncoder
+from reid_accel.modeling.batchnorm import running_stats_frozen
 from reid_accel.objectives import (
     CAILObjective,
     learning_rate_factor,
@@ -52,6 +61,7 @@ from reid_accel.objectives import (
     mix_pixels,
     sample_mixup_lambda,
 )
+from reid_accel.seeding import seeded_generator
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +79,40 @@ class TrainResult:
     output_dir: Path
     evaluations: list[dict]
     model_dir: Path
+
+
+@dataclass
+class Run:
+    """Everything a training run builds once. `train_step` reads it; the loop advances `state`."""
+
+    cfg: ExperimentConfig
+    accelerator: Accelerator
+    layout: BatchLayout
+    network: torch.nn.Module  # prepared: wrapped for data parallelism when several processes run
+    forward: torch.nn.Module  # `network`, compiled when `model.compile` asks
+    optimizer: torch.optim.Optimizer
+    objective: CAILObjective
+    memory: ExemplarMemory | None  # None exactly when `layout.two_domains` is False
+    augmentation: BatchAugmentation
+    sampler: CrossDomainBatchSampler
+    train_loader: DataLoader
+    query_loader: DataLoader
+    gallery_loader: DataLoader
+    positions: torch.Tensor  # (P,) global positions of this process's images in a step
+    processes: ProcessTable
+    state: TrainState
+
+    @property
+    def finished(self) -> bool:
+        """All epochs done, or `train.max_steps` optimizer steps."""
+        max_steps = self.cfg.train.max_steps
+        return self.state.epoch > self.cfg.optim.epochs or (
+            max_steps is not None and self.state.global_step >= max_steps
+        )
+
+    @property
+    def encoder(self) -> ReIDEncoder:
+        return self.accelerator.unwrap_model(self.network).encoder
 
 
 def build_accelerator(cfg: ExperimentConfig) -> Accelerator:
@@ -91,7 +135,9 @@ def build_accelerator(cfg: ExperimentConfig) -> Accelerator:
             project_dir=cfg.train.output_dir,
             automatic_checkpoint_naming=True,
             total_limit=cfg.train.keep_checkpoints,
+            save_on_each_node=cfg.train.save_on_each_node,
         ),
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.train.collective_timeout_s))],
     )
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != accelerator.num_processes:
@@ -100,59 +146,13 @@ def build_accelerator(cfg: ExperimentConfig) -> Accelerator:
             f"(distributed type {accelerator.distributed_type}): a multi-GPU launch needs GPUs; "
             "for a multi-process CPU run set ACCELERATE_USE_CPU=1"
         )
-    world = accelerator.num_processes
-    if cfg.data.batch_size % (2 * world):
-        raise ConfigError(
-            f"data.batch_size: {cfg.data.batch_size} must be divisible by 2 x {world} processes "
-            "(each process holds equal source and target halves)"
-        )
     return accelerator
 
 
-def log_batch_layout(cfg: ExperimentConfig, accelerator: Accelerator, steps_per_epoch: int) -> dict:
-    """Log the derived batch arithmetic (BN statistics depend on it) and warn when it departs from the recipe."""
-    world = accelerator.num_processes
-    per_process = cfg.data.batch_size // world
-    two_domains = cfg.data.target is not None and cfg.objective.target_branch
-    half = per_process // 2 if two_domains else per_process
-    layout = {
-        "world_size": world,
-        "global_batch": cfg.data.batch_size,
-        "per_process_batch": per_process,
-        "per_process_source": half,
-        "per_process_target": per_process - half if two_domains else 0,
-        "sync_bn": cfg.model.sync_bn,
-        "mixed_precision": accelerator.mixed_precision,
-        "steps_per_epoch": steps_per_epoch,
-    }
-    bn_sees = cfg.data.batch_size if cfg.model.sync_bn else per_process
-    logger.info(
-        "batch: %d processes x (%d source + %d target) = %d images per step; each BatchNorm sees %d; %d steps/epoch",
-        world,
-        layout["per_process_source"],
-        layout["per_process_target"],
-        cfg.data.batch_size,
-        bn_sees,
-        steps_per_epoch,
-    )
-    published = cfg.train.published_per_process_batch
-    if published is not None and bn_sees != published:
-        logger.warning(
-            "BatchNorm statistics over %d images instead of the published %d per process (%d + %d); "
-            "results may differ from the paper. Use %d processes, or data.batch_size=%d",
-            bn_sees,
-            published,
-            published // 2,
-            published // 2,
-            cfg.data.batch_size // published,
-            published * world,
-        )
-    return layout
-
-
 def load_domain(domain: DomainConfig, accelerator: Accelerator):
-    """Parse (or read from cache) one benchmark; the main process builds the cache, the others then read it."""
-    with accelerator.main_process_first():
+    """Parse (or read from cache) one benchmark: each machine's first process builds its local cache, then the rest
+    of that machine reads it."""
+    with accelerator.local_main_process_first():
         return load_benchmark(domain.name, domain.resolved_root(), **domain.options)
 
 
@@ -171,10 +171,10 @@ def build_optimizer(network: CrossDomainNetwork, cfg: ExperimentConfig) -> torch
     )
 
 
-def build_objective(cfg: ExperimentConfig, *, with_target: bool) -> CAILObjective:
+def build_objective(cfg: ExperimentConfig, *, two_domains: bool) -> CAILObjective:
     o = cfg.objective
     return CAILObjective(
-        target_branch=with_target,
+        target_branch=two_domains,
         neighbor_mode=o.neighbor_mode,
         scale=o.scale,
         eps=o.neighbor_eps,
@@ -188,19 +188,216 @@ def build_objective(cfg: ExperimentConfig, *, with_target: bool) -> CAILObjectiv
     )
 
 
-def mixup_lambda(
-    cfg: ExperimentConfig, accelerator: Accelerator, objective: CAILObjective, epoch: int, step: int
-) -> float | None:
-    """The step's mixup coefficient, or None when mixup is off this epoch.
+def setup(cfg: ExperimentConfig) -> Run:
+    """Build the run once: refuse what cannot work first, then data, model, optimizer and the resumed state."""
+    output_dir = Path(cfg.train.output_dir)
+    if cfg.train.resume == "no" and checkpoint_dirs(output_dir):
+        raise ConfigError(
+            f"{output_dir}: already holds checkpoints; resume with --resume (train.resume=auto) "
+            "or choose another --output-dir"
+        )
+    accelerator = build_accelerator(cfg)
+    two_domains = cfg.data.target is not None and cfg.objective.target_branch
+    layout = BatchLayout.plan(
+        cfg.data.batch_size,
+        accelerator.num_processes,
+        bn_batch_size=cfg.data.bn_batch_size,
+        two_domains=two_domains,
+        sync_bn=accelerator.device.type == "cuda",
+    )
+    processes = ProcessTable.gather(accelerator)
+    set_seed(cfg.train.seed, deterministic=cfg.train.deterministic)
 
-    Drawn from a generator seeded by (seed, epoch, step) - and the rank when `mixup_lambda_per: process` - so
-    every process agrees on the global lambda without communication and a resumed run draws the same values.
+    source = load_domain(cfg.data.source, accelerator)
+    target = load_domain(cfg.data.target, accelerator) if two_domains else None
+    evaluation = load_domain(cfg.eval_domain, accelerator)
+
+    encoder = ReIDEncoder(
+        cfg.model.backbone,
+        pretrained=cfg.model.pretrained,
+        pretrained_path=cfg.model.pretrained_path,
+        last_stride=cfg.model.last_stride,
+        input_size=[cfg.data.height, cfg.data.width],
+    )
+    d = cfg.data
+    augmentation = BatchAugmentation(
+        mean=encoder.mean,
+        std=encoder.std,
+        pad=d.pad,
+        flip_prob=d.flip_prob,
+        erasing_prob=d.erasing_prob,
+        erasing_ratio_rule=d.erasing_ratio_rule,
+    )
+    test_transform = build_transform(d.height, d.width, mean=encoder.mean, std=encoder.std)
+    load_transform = build_transform(d.height, d.width, normalize=False)  # uint8; augmented per batch on device
+    train_set = CrossDomainDataset(source["train"], target["train"] if two_domains else None, load_transform)
+    # The sampler shards by rank itself, so the train loader is not passed through `accelerator.prepare`.
+    sampler = CrossDomainBatchSampler(
+        len(train_set.source),
+        len(train_set.target) if two_domains else 0,
+        layout,
+        rank=accelerator.process_index,
+        seed=cfg.train.seed,
+    )
+    loader_kwargs = {"num_workers": d.num_workers, "pin_memory": accelerator.device.type == "cuda"}
+    train_loader = DataLoader(train_set, batch_sampler=sampler, persistent_workers=d.num_workers > 0, **loader_kwargs)
+    query_loader, gallery_loader = (
+        DataLoader(ReIDImageDataset(evaluation[split], test_transform), batch_size=d.eval_batch_size, **loader_kwargs)
+        for split in ("query", "gallery")
+    )
+
+    network = CrossDomainNetwork(encoder, train_set.num_source_classes)
+    network = convert_to_sync_groups(network, layout, accelerator.process_index)
+    if cfg.model.channels_last:
+        network = network.to(memory_format=torch.channels_last)
+    memory = (
+        ExemplarMemory(len(train_set.target), encoder.feature_dim, train_set.target_camids) if two_domains else None
+    )
+    optimizer = build_optimizer(network, cfg)
+    network, optimizer, query_loader, gallery_loader = accelerator.prepare(
+        network, optimizer, query_loader, gallery_loader
+    )
+    if memory is not None:
+        memory.to(accelerator.device)
+    logger.info(layout.describe(sampler.steps_per_epoch(2)))
+    state = load_latest_checkpoint(accelerator, memory, output_dir) if cfg.train.resume == "auto" else TrainState()
+    return Run(
+        cfg=cfg,
+        accelerator=accelerator,
+        layout=layout,
+        network=network,
+        forward=torch.compile(network) if cfg.model.compile else network,
+        optimizer=optimizer,
+        objective=build_objective(cfg, two_domains=two_domains),
+        memory=memory,
+        augmentation=augmentation,
+        sampler=sampler,
+        train_loader=train_loader,
+        query_loader=query_loader,
+        gallery_loader=gallery_loader,
+        positions=layout.positions(accelerator.process_index),
+        processes=processes,
+        state=state,
+    )
+
+
+def mixup_lambda(run: Run, *, epoch: int, step: int, group: int) -> float | None:
+    """The mixup weight of one BN group, or None when mixup is off this epoch.
+
+    Drawn from a stream keyed by (seed, epoch, step), plus the group with `mixup_lambda_per: group`, so every
+    process agrees without communication, whatever the number of processes, and a resumed run draws the same.
     """
-    if not objective.mixup_active(epoch):
+    if not run.objective.mixup_active(epoch):
         return None
-    rank = accelerator.process_index if cfg.objective.mixup_lambda_per == "process" else 0
-    generator = seeded_generator("mixup", cfg.train.seed, epoch, step, rank)
-    return sample_mixup_lambda(cfg.objective.mixup_alpha, generator=generator)
+    keys = ("mixup", run.cfg.train.seed, epoch, step)
+    if run.cfg.objective.mixup_lambda_per == "group":
+        keys += ("group", group)
+    return sample_mixup_lambda(run.cfg.objective.mixup_alpha, generator=seeded_generator(*keys))
+
+
+def augmentation_draws(run: Run, *, epoch: int, step: int) -> torch.Tensor:
+    """(P, num_draws) uniforms for this process's images: the rows of the step's global draws at their positions."""
+    generator = seeded_generator("augment", run.cfg.train.seed, epoch, step)
+    draws = torch.rand(run.layout.global_batch, run.augmentation.num_draws, generator=generator)
+    return draws[run.positions].to(run.accelerator.device, non_blocking=True)
+
+
+def _micro_batch_loss(
+    run: Run, pixel_values: torch.Tensor, batch: dict[str, torch.Tensor], *, epoch: int, lam: float | None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """Loss of one BN group ([source | target], or source only): `(loss, components, target_features)`."""
+    num_source, two_domains = run.layout.domain_share, run.layout.two_domains
+    if lam is not None:
+        pixel_values = mix_pixels(pixel_values, num_source=num_source, lam=lam)
+    with run.accelerator.autocast():
+        outputs = run.forward(pixel_values, num_source=num_source, source_neck="batch" if two_domains else "train")
+    target = {}
+    if two_domains:
+        target = {
+            "target_features": outputs["target_features"],
+            "target_camids": batch["camid"][num_source:],
+            "target_slots": batch["index"][num_source:],
+            "memory_features": run.memory.features,
+            "memory_camids": run.memory.camids,
+        }
+    loss, components = run.objective(
+        epoch=epoch,
+        source_features=outputs["source_features"],
+        source_logits=outputs["source_logits"],
+        source_labels=batch["pid"][:num_source],
+        classifier_weight=run.accelerator.unwrap_model(run.network).classifier.weight,
+        lam=lam,
+        **target,
+    )
+    return loss, components, outputs["target_features"]
+
+
+def train_step(run: Run, batch: dict[str, torch.Tensor], *, epoch: int, step: int) -> dict[str, torch.Tensor]:
+    """One optimizer step on this process's share of the global batch; returns the loss components as tensors.
+
+    The share is `layout.micro_batches` BN groups. Each runs its own forward and backward, scaled so the step's
+    gradient is the mean of the groups' (as data parallelism averages over processes), with the gradient
+    all-reduce held back until the last one. Only the first group updates BatchNorm running statistics, as data
+    parallelism keeps the first process's buffers. The memory is written once, after the optimizer step, from the
+    target features of every group of every process.
+    """
+    accelerator, layout = run.accelerator, run.layout
+    batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
+    pixel_values = run.augmentation(batch["pixel_values"], augmentation_draws(run, epoch=epoch, step=step))
+    if run.cfg.model.channels_last:
+        pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+    size, count = layout.micro_batch, layout.micro_batches
+    totals: dict[str, torch.Tensor] = {}
+    target_features = []
+    for j in range(count):
+        part = slice(j * size, (j + 1) * size)
+        group = layout.group_index(accelerator.process_index, j)
+        last = j == count - 1
+        with (
+            nullcontext() if last else accelerator.no_sync(run.network),
+            nullcontext() if j == 0 else running_stats_frozen(run.network),
+        ):
+            lam = mixup_lambda(run, epoch=epoch, step=step, group=group)
+            loss, components, features = _micro_batch_loss(
+                run, pixel_values[part], {k: v[part] for k, v in batch.items()}, epoch=epoch, lam=lam
+            )
+            accelerator.backward(loss / count)
+        for name, value in components.items():
+            totals[name] = totals.get(name, 0) + value / count
+        target_features.append(features.detach())
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    if layout.two_domains:
+        slots = batch["index"].view(count, size)[:, layout.domain_share :].reshape(-1)  # (P/2,) in position order
+        momentum = memory_momentum(epoch, momentum=run.cfg.objective.memory_momentum)
+        run.memory.update(torch.cat(target_features), slots, momentum)
+    return totals
+
+
+class LossMeter:
+    """Sums loss components on the device, so the host syncs once per read instead of several times a step."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def add(self, components: dict[str, torch.Tensor]) -> None:
+        for name, value in components.items():
+            self.sums[name] = self.sums.get(name, 0) + value.detach().float()
+        self.count += 1
+
+    def mean(self, accelerator: Accelerator, where: str) -> dict[str, float]:
+        """The means since the last read, averaged over processes; a non-finite one names itself and `where`."""
+        if not self.count:
+            return {}
+        names = sorted(self.sums)
+        stacked = accelerator.reduce(torch.stack([self.sums[n] for n in names]) / self.count, reduction="mean")
+        means = dict(zip(names, stacked.tolist(), strict=True))
+        self.sums, self.count = {}, 0
+        bad = [n for n, v in means.items() if not torch.isfinite(torch.tensor(v))]
+        if bad:
+            raise FloatingPointError(f"non-finite loss {', '.join(bad)} {where}: {means}")
+        return means
 
 
 @contextmanager
@@ -221,225 +418,119 @@ def stop_on_signals(accelerator: Accelerator) -> Iterator[dict]:
             signal.signal(s, h)
 
 
+def train_epoch(run: Run) -> tuple[LossMeter, bool]:
+    """The steps of the current epoch, from where `run.state` stands to the epoch's end, `max_steps` or a signal.
+
+    Returns:
+        The epoch's loss components, and whether a signal asked to stop (agreed by every process).
+    """
+    cfg, accelerator, state = run.cfg, run.accelerator, run.state
+    epoch = state.epoch
+    factor = learning_rate_factor(epoch, milestones=cfg.optim.milestones, gamma=cfg.optim.gamma)
+    for group in run.optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * factor
+    run.sampler.set_epoch(epoch, start_step=state.step_in_epoch)
+    steps = run.sampler.steps_per_epoch(epoch)
+    epoch_losses, recent = LossMeter(), LossMeter()
+    run.network.train()
+    started, done, interrupted = time.perf_counter(), 0, False
+    with tqdm(
+        desc=f"epoch {epoch}/{cfg.optim.epochs}",
+        initial=state.step_in_epoch,
+        total=steps,
+        disable=not accelerator.is_local_main_process,
+    ) as progress:
+        for batch in run.train_loader:
+            components = train_step(run, batch, epoch=epoch, step=state.step_in_epoch)
+            epoch_losses.add(components)
+            recent.add(components)
+            state.advance(steps)
+            progress.update()
+            done += 1
+            if state.global_step % cfg.train.log_interval == 0 or state.epoch > epoch or run.finished:
+                losses = recent.mean(accelerator, f"before global step {state.global_step}")  # syncs with the host
+                progress.set_postfix(loss=f"{losses['total']:.3f}", refresh=False)
+                accelerator.log({f"train/{k}": v for k, v in losses.items()}, step=state.global_step)
+            interrupted = accelerator.check_trigger()
+            if interrupted or run.finished:
+                break
+    logger.info("epoch %d: %.0f img/s", epoch, done * cfg.data.batch_size / (time.perf_counter() - started))
+    return epoch_losses, interrupted
+
+
+def end_epoch(run: Run, recorder: RunRecorder, epoch: int, losses: LossMeter, config_yaml: str) -> Path | None:
+    """Record the epoch's losses, then evaluate and save a checkpoint when due (always after the last step).
+
+    Returns:
+        The checkpoint saved, if one was due.
+    """
+    cfg, accelerator = run.cfg, run.accelerator
+    averages = losses.mean(accelerator, f"in epoch {epoch}")
+    logger.info(
+        "epoch %d: %s, lr %.4g",
+        epoch,
+        ", ".join(f"{k} {v:.4f}" for k, v in averages.items()),
+        run.optimizer.param_groups[0]["lr"],
+    )
+    if accelerator.is_main_process:
+        recorder.record_epoch(epoch, averages)
+    last = epoch == cfg.optim.epochs or run.finished
+    if epoch % cfg.train.eval_interval == 0 or last:
+        share_main_process_buffers(run.network)
+        metrics, _, _ = evaluate_retrieval(run.encoder, run.query_loader, run.gallery_loader, accelerator)
+        logger.info(
+            "epoch %d: %s mAP %.1f%%, rank-1 %.1f%%, rank-5 %.1f%%, rank-10 %.1f%% (%d queries)",
+            epoch,
+            cfg.eval_domain.name,
+            100 * metrics["mAP"],
+            100 * metrics["rank1"],
+            100 * metrics["rank5"],
+            100 * metrics["rank10"],
+            metrics["num_valid_queries"],
+        )
+        scores = {f"eval/{k}": metrics[k] for k in ("mAP", "rank1", "rank5", "rank10")}
+        accelerator.log(scores, step=run.state.global_step)
+        if accelerator.is_main_process:
+            recorder.record_evaluation(epoch, metrics)
+    if epoch % cfg.train.checkpoint_interval == 0 or last:
+        return save_checkpoint(accelerator, run.state, run.memory, config_yaml)
+    return None
+
+
 def train(cfg: ExperimentConfig) -> TrainResult:
     """Train on `cfg`, evaluating on the target every `eval_interval` epochs, and export the encoder.
 
     Returns:
         The output folder, the list of evaluations and the exported model folder.
     """
-    output_dir = Path(cfg.train.output_dir)
-    if cfg.train.resume == "no" and checkpoint_dirs(output_dir):
-        raise ConfigError(
-            f"{output_dir}: already holds checkpoints; resume with --resume (train.resume=auto) "
-            "or choose another --output-dir"
-        )
-    accelerator = build_accelerator(cfg)
-    set_seed(cfg.train.seed, deterministic=cfg.train.deterministic)
-    with_target = cfg.data.target is not None and cfg.objective.target_branch
-
-    source = load_domain(cfg.data.source, accelerator)
-    target = load_domain(cfg.data.target, accelerator) if with_target else None
-    evaluation = load_domain(cfg.eval_domain, accelerator)
-
-    encoder = ReIDEncoder(
-        cfg.model.backbone,
-        pretrained=cfg.model.pretrained,
-        pretrained_path=cfg.model.pretrained_path,
-        last_stride=cfg.model.last_stride,
-        input_size=[cfg.data.height, cfg.data.width],
-    )
-    d = cfg.data
-    augmentation = BatchAugmentation(
-        mean=encoder.mean, std=encoder.std, pad=d.pad, flip_prob=d.flip_prob, erasing_prob=d.erasing_prob
-    )
-    test_transform = build_transform(d.height, d.width, mean=encoder.mean, std=encoder.std)
-    load_transform = build_transform(d.height, d.width, normalize=False)  # uint8; augmented per batch on device
-    train_set = CrossDomainDataset(source["train"], target["train"] if with_target else None, load_transform)
-    per_process = d.batch_size // accelerator.num_processes
-    # The sampler shards by rank itself, so the train loader is not passed through `accelerator.prepare`.
-    sampler = CrossDomainBatchSampler(
-        len(train_set.source),
-        len(train_set.target) if with_target else 0,
-        per_process,
-        num_replicas=accelerator.num_processes,
-        rank=accelerator.process_index,
-        seed=cfg.train.seed,
-    )
-    loader_kwargs = {"num_workers": d.num_workers, "pin_memory": accelerator.device.type == "cuda"}
-    train_loader = DataLoader(train_set, batch_sampler=sampler, persistent_workers=d.num_workers > 0, **loader_kwargs)
-    query_loader, gallery_loader = (
-        DataLoader(ReIDImageDataset(evaluation[split], test_transform), batch_size=d.eval_batch_size, **loader_kwargs)
-        for split in ("query", "gallery")
-    )
-
-    network = CrossDomainNetwork(encoder, train_set.num_source_classes)
-    if cfg.model.sync_bn and accelerator.num_processes > 1:
-        network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(network)
-    if cfg.model.channels_last:
-        network = network.to(memory_format=torch.channels_last)
-    memory = (
-        ExemplarMemory(len(train_set.target), encoder.feature_dim, train_set.target_camids) if with_target else None
-    )
-    optimizer = build_optimizer(network, cfg)
-    network, optimizer, query_loader, gallery_loader = accelerator.prepare(
-        network, optimizer, query_loader, gallery_loader
-    )
-    if memory is not None:
-        memory.to(accelerator.device)
-    forward = torch.compile(network) if cfg.model.compile else network
-    objective = build_objective(cfg, with_target=with_target)
-
-    layout = log_batch_layout(cfg, accelerator, sampler.steps_per_epoch(2))
-    config_yaml = dump_config(cfg)
-    recorder = RunRecorder(output_dir, config=cfg.to_dict(), run_info={**layout, **environment_info()})
-    state = TrainState()
-    if cfg.train.resume == "auto":
-        state = load_latest_checkpoint(accelerator, memory, output_dir)
+    run = setup(cfg)
+    accelerator, state = run.accelerator, run.state
+    output_dir, config_yaml = Path(cfg.train.output_dir), dump_config(cfg)
+    run_info = {
+        **run.layout.record(),
+        "steps_per_epoch": run.sampler.steps_per_epoch(2),
+        "mixed_precision": accelerator.mixed_precision,
+        **environment_info(),
+    }
+    recorder = RunRecorder(output_dir, config=cfg.to_dict(), run_info=run_info)
     if accelerator.is_main_process:
         recorder.start(resumed=state.global_step > 0, config_yaml=config_yaml)
     accelerator.init_trackers("reid-accel", config=recorder.flat_config())
-
-    with stop_on_signals(accelerator) as received:
-        while state.epoch <= cfg.optim.epochs:
-            epoch = state.epoch
-            factor = learning_rate_factor(epoch, milestones=cfg.optim.milestones, gamma=cfg.optim.gamma)
-            for group in optimizer.param_groups:
-                group["lr"] = group["initial_lr"] * factor
-            sampler.set_epoch(epoch, start_step=state.step_in_epoch)
-            steps = sampler.steps_per_epoch(epoch)
-            momentum = memory_momentum(epoch, momentum=cfg.objective.memory_momentum)
-            sums: dict[str, float] = defaultdict(float)
-            progress = tqdm(
-                train_loader,
-                desc=f"epoch {epoch}/{cfg.optim.epochs}",
-                initial=state.step_in_epoch,
-                total=steps,
-                disable=not accelerator.is_local_main_process,
-            )
-            network.train()
-            started = time.perf_counter()
-            done = 0
-            for batch in progress:
-                done += 1
-                components = train_step(
-                    cfg,
-                    accelerator,
-                    forward,
-                    network,
-                    optimizer,
-                    objective,
-                    memory,
-                    augmentation,
-                    batch,
-                    epoch,
-                    state,
-                    momentum,
-                )
-                for name, value in components.items():
-                    sums[name] += value
-                progress.set_postfix(loss=f"{components['total']:.3f}", refresh=False)
-                accelerator.log({f"train/{k}": v for k, v in components.items()}, step=state.global_step)
-                state.advance(steps)
-                if state.epoch == epoch and accelerator.check_trigger():
-                    path = save_checkpoint(accelerator, state, memory, config_yaml)
+    lost = reporting_lost_processes(run.processes, timeout_s=cfg.train.collective_timeout_s)
+    try:
+        with stop_on_signals(accelerator) as received, lost:
+            while not run.finished:
+                epoch, saved = state.epoch, None
+                losses, interrupted = train_epoch(run)
+                if state.epoch > epoch or run.finished:
+                    saved = end_epoch(run, recorder, epoch, losses, config_yaml)
+                if interrupted:
+                    path = saved or save_checkpoint(accelerator, state, run.memory, config_yaml)
                     raise TrainingInterrupted(received.get("signum", signal.SIGTERM), path)
-            averages = {k: v / max(done, 1) for k, v in sums.items()}
-            images_per_s = done * d.batch_size / (time.perf_counter() - started)
-            logger.info(
-                "epoch %d: %s, lr %.4g, %.0f img/s",
-                epoch,
-                ", ".join(f"{k} {v:.4f}" for k, v in averages.items()),
-                optimizer.param_groups[0]["lr"],
-                images_per_s,
-            )
             if accelerator.is_main_process:
-                recorder.record_epoch(epoch, averages)
-
-            if epoch % cfg.train.eval_interval == 0 or epoch == cfg.optim.epochs:
-                metrics, _, _ = evaluate_retrieval(
-                    accelerator.unwrap_model(network).encoder, query_loader, gallery_loader, accelerator
-                )
-                logger.info(
-                    "epoch %d: %s mAP %.1f%%, rank-1 %.1f%%, rank-5 %.1f%%, rank-10 %.1f%% (%d queries)",
-                    epoch,
-                    cfg.eval_domain.name,
-                    100 * metrics["mAP"],
-                    100 * metrics["rank1"],
-                    100 * metrics["rank5"],
-                    100 * metrics["rank10"],
-                    metrics["num_valid_queries"],
-                )
-                accelerator.log({f"eval/{k}": metrics[k] for k in ("mAP", "rank1", "rank5", "rank10")}, step=epoch)
-                if accelerator.is_main_process:
-                    recorder.record_evaluation(epoch, metrics)
-            if epoch % cfg.train.checkpoint_interval == 0 or epoch == cfg.optim.epochs:
-                save_checkpoint(accelerator, state, memory, config_yaml)
-            if accelerator.check_trigger():
-                path = save_checkpoint(accelerator, state, memory, config_yaml)
-                raise TrainingInterrupted(received.get("signum", signal.SIGTERM), path)
-
-    model_dir = output_dir / "model"
-    if accelerator.is_main_process:
-        accelerator.unwrap_model(network).encoder.save_pretrained(model_dir)
-        recorder.finish()
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return TrainResult(output_dir, recorder.evaluations, model_dir)
-
-
-def train_step(
-    cfg: ExperimentConfig,
-    accelerator: Accelerator,
-    forward: torch.nn.Module,
-    network: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    objective: CAILObjective,
-    memory: ExemplarMemory | None,
-    augmentation: BatchAugmentation,
-    batch: dict[str, torch.Tensor],
-    epoch: int,
-    state: TrainState,
-    momentum: float,
-) -> dict[str, float]:
-    """One optimisation step on a [source | target] batch; returns the loss components as floats."""
-    batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
-    # Random flips, crops and erasing drawn per step: the same on a resumed run, whatever the loader workers.
-    generator = seeded_generator(
-        "augment", cfg.train.seed, epoch, state.step_in_epoch, accelerator.process_index, device=accelerator.device
-    )
-    pixel_values = augmentation(batch["pixel_values"], generator)
-    if cfg.model.channels_last:
-        pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
-    num_source = pixel_values.shape[0] // 2 if memory is not None else pixel_values.shape[0]
-    lam = mixup_lambda(cfg, accelerator, objective, epoch, state.step_in_epoch)
-    if lam is not None:
-        pixel_values = mix_pixels(pixel_values, num_source=num_source, lam=lam)
-    with accelerator.autocast():
-        outputs = forward(pixel_values, num_source=num_source, source_neck="batch" if memory is not None else "train")
-    target = {}
-    if memory is not None:
-        target = {
-            "target_features": outputs["target_features"],
-            "target_camids": batch["camid"][num_source:],
-            "target_slots": batch["index"][num_source:],
-            "memory_features": memory.features,
-            "memory_camids": memory.camids,
-        }
-    loss, components = objective(
-        epoch=epoch,
-        source_features=outputs["source_features"],
-        source_logits=outputs["source_logits"],
-        source_labels=batch["pid"][:num_source],
-        classifier_weight=accelerator.unwrap_model(network).classifier.weight,
-        lam=lam,
-        **target,
-    )
-    if not torch.isfinite(loss):
-        values = {k: float(v) for k, v in components.items()}
-        raise FloatingPointError(f"non-finite loss at epoch {epoch}, step {state.step_in_epoch}: {values}")
-    optimizer.zero_grad(set_to_none=True)
-    accelerator.backward(loss)
-    optimizer.step()
-    if memory is not None:
-        memory.update(outputs["target_features"].detach(), target["target_slots"], momentum)
-    return {k: float(v) for k, v in components.items()}
+                run.encoder.save_pretrained(output_dir / "model")
+                recorder.finish()
+            accelerator.wait_for_everyone()
+    finally:
+        accelerator.end_training()
+    return TrainResult(output_dir, recorder.evaluations, output_dir / "model")

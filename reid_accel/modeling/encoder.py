@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from reid_accel.errors import ConfigError, ModelLoadError
 from reid_accel.fileio import atomic_path
+from reid_accel.modeling.batchnorm import running_stats_frozen
 
 logger = logging.getLogger(__name__)
 
@@ -285,9 +286,8 @@ class ReIDEncoder(
         pooled = fmap.mean(dim=(2, 3))  # (B, D)
         if not neck_batch_stats:
             return pooled, self.neck(pooled)
-        # Only the neck's affine parameters are read, so this also holds once SyncBatchNorm has replaced it.
-        neck = F.batch_norm(pooled, None, None, self.neck.weight, self.neck.bias, training=True, eps=self.neck.eps)
-        return pooled, neck
+        with running_stats_frozen(self.neck):  # also right once SyncBatchNorm has replaced the neck
+            return pooled, self.neck(pooled)
 
     def forward(self, pixel_values: Tensor) -> Tensor:
         """(B, 3, H, W) -> (B, D) BNNeck features."""

@@ -17,6 +17,8 @@ from reid_accel.objectives.schedule import mixup_active, target_loss_weights
 class CAILObjective:
     """Camera-aware invariance learning + cross-domain mixup (METHOD.md), configured by its schedule.
 
+    Every argument is required: the published values are the defaults of `reid_accel.config.ObjectiveConfig`.
+
     Args:
         target_branch: compute the target losses (False: the single-domain baseline, source cross-entropy only).
         neighbor_mode: 1 for the camera-aware intra/inter losses, 0 for the camera-agnostic ablation.
@@ -34,17 +36,17 @@ class CAILObjective:
     def __init__(
         self,
         *,
-        target_branch: bool = True,
-        neighbor_mode: int = 1,
-        scale: float = 10.0,
-        eps: float = 0.8,
-        intra_start_epoch: int = 10,
-        intra_weight: float = 1.0,
-        inter_start_epoch: int = 30,
-        inter_weight: float = 0.5,
-        agnostic_weight: float = 0.1,
-        mixup: bool = True,
-        mixup_start_epoch: int = 1,
+        target_branch: bool,
+        neighbor_mode: int,
+        scale: float,
+        eps: float,
+        intra_start_epoch: int,
+        intra_weight: float,
+        inter_start_epoch: int,
+        inter_weight: float,
+        agnostic_weight: float,
+        mixup: bool,
+        mixup_start_epoch: int,
     ) -> None:
         if neighbor_mode not in (0, 1):
             raise ValueError(f"neighbor_mode must be 0 (camera-agnostic) or 1 (camera-aware), got {neighbor_mode}")

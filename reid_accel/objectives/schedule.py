@@ -1,7 +1,8 @@
-"""Training schedules as pure functions of the 1-based epoch, with the published values as defaults.
+"""Training schedules as pure functions of the 1-based epoch.
 
-A term that "starts at epoch s" is on once `epoch > s`: with the defaults the intra-camera term runs from epoch 11,
-the inter-camera term from epoch 31 and mixup from epoch 2 (METHOD.md, "Total loss and schedule").
+A term that "starts at epoch s" is on once `epoch > s`: in the published recipe the intra-camera term runs from
+epoch 11, the inter-camera term from epoch 31 and mixup from epoch 2 (METHOD.md, "Total loss and schedule"). The
+published values live in `reid_accel.config` only; here every setting is a required argument.
 """
 
 from collections.abc import Sequence
@@ -16,11 +17,11 @@ def target_loss_weights(
     epoch: int,
     *,
     neighbor_mode: int,
-    intra_start_epoch: int = 10,
-    intra_weight: float = 1.0,
-    inter_start_epoch: int = 30,
-    inter_weight: float = 0.5,
-    agnostic_weight: float = 0.1,
+    intra_start_epoch: int,
+    intra_weight: float,
+    inter_start_epoch: int,
+    inter_weight: float,
+    agnostic_weight: float,
 ) -> dict[str, float]:
     """Weights of the target losses in `epoch`; 0 before a term starts (the branch still runs to fill the memory).
 
@@ -47,19 +48,19 @@ def target_loss_weights(
     raise ValueError(f"neighbor_mode must be 0 (camera-agnostic) or 1 (camera-aware), got {neighbor_mode}")
 
 
-def memory_momentum(epoch: int, *, momentum: float = 0.6) -> float:
+def memory_momentum(epoch: int, *, momentum: float) -> float:
     """Memory update momentum: 0 in epoch 1, so every slot is simply overwritten by its first feature."""
     _check_epoch(epoch)
     return 0.0 if epoch == 1 else momentum
 
 
-def mixup_active(epoch: int, *, enabled: bool, start_epoch: int = 1) -> bool:
-    """Whether cross-domain mixup replaces plain source cross-entropy in `epoch` (from epoch 2 by default)."""
+def mixup_active(epoch: int, *, enabled: bool, start_epoch: int) -> bool:
+    """Whether cross-domain mixup replaces plain source cross-entropy in `epoch`."""
     _check_epoch(epoch)
     return enabled and epoch > start_epoch
 
 
-def learning_rate_factor(epoch: int, *, milestones: Sequence[int] = (60,), gamma: float = 0.1) -> float:
-    """Multiplier of the base learning rates: `gamma` per milestone passed (epochs 61-70 at 0.1x by default)."""
+def learning_rate_factor(epoch: int, *, milestones: Sequence[int], gamma: float) -> float:
+    """Multiplier of the base learning rates: `gamma` per milestone passed (epochs 61-70 at 0.1x as published)."""
     _check_epoch(epoch)
     return gamma ** sum(epoch > m for m in milestones)

@@ -1,7 +1,16 @@
 import pytest
 
 from reid_accel.data import CrossDomainBatchSampler
+from reid_accel.data.layout import BatchLayout
 from reid_accel.errors import ConfigError
+
+
+def make_sampler(num_source, num_target, per_process, *, replicas=1, rank=0, seed=0, bn_batch_size=None):
+    """A sampler for `replicas` processes of `per_process` images each."""
+    layout = BatchLayout.plan(
+        per_process * replicas, replicas, bn_batch_size=bn_batch_size, two_domains=num_target > 0, sync_bn=True
+    )
+    return CrossDomainBatchSampler(num_source, num_target, layout, rank=rank, seed=seed)
 
 
 def epoch_batches(sampler: CrossDomainBatchSampler, epoch: int, start_step: int = 0) -> list[list[int]]:
@@ -9,17 +18,17 @@ def epoch_batches(sampler: CrossDomainBatchSampler, epoch: int, start_step: int 
     return list(sampler)
 
 
-def rank_batches(num_source, num_target, batch_size, replicas, epoch, seed=0) -> list[list[list[int]]]:
+def rank_batches(num_source, num_target, batch_size, replicas, epoch, seed=0, bn=None) -> list[list[list[int]]]:
     """Batches of every rank for one epoch: [rank][step] -> indices."""
     samplers = [
-        CrossDomainBatchSampler(num_source, num_target, batch_size, num_replicas=replicas, rank=r, seed=seed)
+        make_sampler(num_source, num_target, batch_size, replicas=replicas, rank=r, seed=seed, bn_batch_size=bn)
         for r in range(replicas)
     ]
     return [epoch_batches(s, epoch) for s in samplers]
 
 
 def test_half_and_half_layout_and_step_counts():
-    sampler = CrossDomainBatchSampler(11, 7, 4)
+    sampler = make_sampler(11, 7, 4)
     # epoch 1 keeps the partial step: ceil(11 / 2) = 6; later epochs drop it: 11 // 2 = 5
     assert (sampler.steps_per_epoch(1), sampler.steps_per_epoch(2), sampler.steps_per_epoch(9)) == (6, 5, 5)
     for epoch, steps in ((1, 6), (2, 5)):
@@ -32,7 +41,7 @@ def test_half_and_half_layout_and_step_counts():
 
 
 def test_epoch_walks_the_larger_set_once():
-    sampler = CrossDomainBatchSampler(11, 7, 4)
+    sampler = make_sampler(11, 7, 4)
     source_epoch2 = [i for batch in epoch_batches(sampler, 2) for i in batch[:2]]
     assert len(source_epoch2) == len(set(source_epoch2)) == 10  # a permutation of 11, last partial step dropped
     source_epoch1 = [i for batch in epoch_batches(sampler, 1) for i in batch[:2]]
@@ -58,7 +67,7 @@ def test_every_target_slot_is_visited_in_epoch_one(replicas, num_source, num_tar
 def test_ranks_take_consecutive_slices_of_one_global_order(replicas):
     per_rank = rank_batches(23, 10, 4, replicas, epoch=2, seed=5)
     # one process with the global batch draws the same global order (same seed, epoch and global half)
-    global_batches = epoch_batches(CrossDomainBatchSampler(23, 10, 4 * replicas, seed=5), 2)
+    global_batches = epoch_batches(make_sampler(23, 10, 4 * replicas, seed=5), 2)
     assert len(global_batches) == len(per_rank[0]) == 23 // (2 * replicas)
     for step, global_batch in enumerate(global_batches):
         half = 2 * replicas
@@ -74,25 +83,25 @@ def test_ranks_take_consecutive_slices_of_one_global_order(replicas):
 
 
 def test_determinism_per_seed_and_epoch():
-    a, b = CrossDomainBatchSampler(30, 20, 6, seed=1), CrossDomainBatchSampler(30, 20, 6, seed=1)
+    a, b = make_sampler(30, 20, 6, seed=1), make_sampler(30, 20, 6, seed=1)
     assert epoch_batches(a, 3) == epoch_batches(b, 3)
     assert epoch_batches(a, 3) != epoch_batches(a, 4)
-    assert epoch_batches(a, 3) != epoch_batches(CrossDomainBatchSampler(30, 20, 6, seed=2), 3)
+    assert epoch_batches(a, 3) != epoch_batches(make_sampler(30, 20, 6, seed=2), 3)
     assert epoch_batches(a, 3) == epoch_batches(a, 3)  # iterating twice gives the same epoch
 
 
 @pytest.mark.parametrize(("epoch", "start_step"), [(1, 0), (1, 4), (1, 8), (2, 3), (2, 7)])
 def test_resume_from_start_step_gives_the_tail_of_the_epoch(epoch, start_step):
-    sampler = CrossDomainBatchSampler(15, 9, 4, num_replicas=1, seed=7)
+    sampler = make_sampler(15, 9, 4, seed=7)
     full = epoch_batches(sampler, epoch)
-    resumed = CrossDomainBatchSampler(15, 9, 4, seed=7)
+    resumed = make_sampler(15, 9, 4, seed=7)
     resumed.set_epoch(epoch, start_step=start_step)
     assert len(resumed) == len(full) - start_step
     assert list(resumed) == full[start_step:]
 
 
 def test_source_only_batches():
-    sampler = CrossDomainBatchSampler(10, 0, 4)
+    sampler = make_sampler(10, 0, 4)
     batches = epoch_batches(sampler, 1)
     assert len(batches) == 3 and all(len(b) == 4 for b in batches)
     assert {i for b in batches for i in b} == set(range(10))
@@ -102,20 +111,35 @@ def test_source_only_batches():
 @pytest.mark.parametrize(
     ("args", "kwargs", "message"),
     [
-        ((10, 10, 5), {}, "must be a positive even number"),
-        ((10, 10, 0), {}, "must be a positive even number"),
-        ((0, 10, 4), {}, "need source images"),
-        ((10, 10, 4), {"num_replicas": 2, "rank": 2}, r"rank 2 is not in \[0, 2\)"),
-        ((5, 3, 4), {"num_replicas": 3}, r"3 process\(es\) x 2 images per domain exceed"),
+        ((0, 10, 4), {}, "do not fit a two-domain layout"),
+        ((10, 0, 4), {}, "do not fit a two-domain layout"),
+        ((10, 10, 4), {"rank": 2}, r"rank 2 is not in \[0, 2\)"),
+        ((5, 3, 6), {}, r"a step of 6 images per domain \(data.batch_size=12\) exceeds the larger training set"),
     ],
 )
 def test_bad_arguments(args, kwargs, message):
+    layout = BatchLayout.plan(2 * args[2], 2)
     with pytest.raises(ConfigError, match=message):
-        CrossDomainBatchSampler(*args, **kwargs)
+        CrossDomainBatchSampler(*args[:2], layout, **kwargs)
+
+
+@pytest.mark.parametrize(("replicas", "bn_batch_size"), [(2, 4), (4, 2), (2, 2)])
+def test_micro_batches_hold_the_images_the_processes_would(replicas, bn_batch_size):
+    """One process running micro-batches draws, group by group, what several processes draw."""
+    per_rank = rank_batches(23, 10, 8 // replicas, replicas, epoch=2, seed=3, bn=bn_batch_size)
+    single = epoch_batches(make_sampler(23, 10, 8, bn_batch_size=bn_batch_size, seed=3), 2)
+    for step, batch in enumerate(single):
+        groups = [batch[i : i + bn_batch_size] for i in range(0, 8, bn_batch_size)]
+        ranks = [i for rank in per_rank for i in rank[step]]
+        assert [i for group in groups for i in group] == ranks
+        half = bn_batch_size // 2
+        assert all(i < 23 for group in groups for i in group[:half]) and all(
+            i >= 23 for group in groups for i in group[half:]
+        )
 
 
 def test_set_epoch_checks():
-    sampler = CrossDomainBatchSampler(10, 10, 4)
+    sampler = make_sampler(10, 10, 4)
     with pytest.raises(ValueError, match="1-based"):
         sampler.set_epoch(0)
     with pytest.raises(ValueError, match=r"start_step 6 is not in \[0, 5\]"):

@@ -9,6 +9,7 @@ from reid_accel.data import (
     build_transform,
     load_benchmark,
 )
+from reid_accel.data.layout import BatchLayout
 from reid_accel.errors import DatasetLayoutError
 
 TRANSFORM = build_transform(16, 8, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
@@ -90,7 +91,7 @@ def test_source_only(domains):
 def test_loader_with_the_sampler_gives_half_and_half_batches(domains):
     source, target = domains
     dataset = CrossDomainDataset(source, target, TRANSFORM)
-    sampler = CrossDomainBatchSampler(len(source), len(target), 4)
+    sampler = CrossDomainBatchSampler(len(source), len(target), BatchLayout.plan(4, 1))
     batches = list(DataLoader(dataset, batch_sampler=sampler))
     assert len(batches) == 3  # ceil(5 / 2) in epoch 1
     for batch in batches:

@@ -1,29 +1,165 @@
-"""Two CPU processes through `accelerate launch` (gloo): the run finishes and the memories stay identical."""
+"""The same recipe gives the same run on 1, 2 and 4 CPU processes (gloo) and on two simulated machines; a lost
+process is reported in one line and the run resumes."""
 
+import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
-from reid_accel.engine.state import checkpoint_dirs
+import pytest
+from safetensors.torch import load_file
+
+from reid_accel.config import load_config
+from reid_accel.engine.state import STATE_FILE, checkpoint_dirs
+from reid_accel.engine.train import train
+
+# Three steps of epoch 1 with mixup on from the first step, so every random stream of the step is exercised. At the
+# tiny config's lr of 0.05 these steps amplify rounding differences ~100x per step (the thread count alone then moves
+# weights by 1e-3 after three steps); at 0.01 they stay at rounding level, so any real difference shows.
+SMOKE = ["train.max_steps=3", "objective.mixup_start_epoch=0", "optim.lr_backbone=0.01", "optim.lr_new=0.01"]
 
 
-def _launch(config, *overrides):
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
-    command += ["-m", "reid_accel.train", str(config), *overrides]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+def _launch_command(processes: int, *, machines: int = 1, machine_rank: int = 0, port: int = 0) -> list[str]:
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes)]
+    command += ["--num_machines", str(machines), "--mixed_precision", "no", "--dynamo_backend", "no"]
+    if machines > 1:
+        command += ["--machine_rank", str(machine_rank), "--main_process_ip", "127.0.0.1"]
+    return command + ["--main_process_port", str(port), "-m", "reid_accel.train"]
 
 
-def test_two_processes_finish_with_identical_memories(write_config, tmp_path):
-    done = _launch(write_config(train={"checkpoint_interval": 2}))
+def _environment(**extra: str) -> dict[str, str]:
+    return {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", **extra}
+
+
+def _launch(processes: int, config: Path, *overrides: str) -> subprocess.CompletedProcess:
+    command = _launch_command(processes) + [str(config), *overrides]
+    return subprocess.run(command, env=_environment(), capture_output=True, text=True, timeout=600)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _max_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].numel())
+
+
+def _assert_same_run(reference: Path, other: Path) -> None:
+    """Exported weights (BatchNorm buffers included) within 1e-4, exemplar memories within 1e-5."""
+    assert (
+        _max_difference(load_file(reference / "model/model.safetensors"), load_file(other / "model/model.safetensors"))
+        < 1e-4
+    )
+    memories = [load_file(checkpoint_dirs(run)[-1] / "memory.safetensors") for run in (reference, other)]
+    assert _max_difference(*memories) < 1e-5
+
+
+def _single_process(config: Path, folder: Path, *overrides: str) -> Path:
+    train(load_config(config, [*SMOKE, *overrides, f"train.output_dir={folder}"]))
+    return folder
+
+
+def test_two_processes_run_the_one_process_recipe(write_config, tmp_path):
+    config = write_config()
+    layout = ["data.batch_size=32", "data.bn_batch_size=16"]
+    reference = _single_process(config, tmp_path / "one", *layout)
+    done = _launch(2, config, *SMOKE, *layout, f"train.output_dir={tmp_path / 'two'}")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "batch: 2 processes x (8 source + 8 target)" in done.stderr
+    assert "batch: 32 images per step = 2 processes x 1 micro-batch(es) of (8 source + 8 target)" in done.stderr
     assert "exemplar memory identical on 2 process(es)" in done.stderr
-    assert len(checkpoint_dirs(tmp_path / "run")) == 1
-    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+    _assert_same_run(reference, tmp_path / "two")
+    records = [json.loads((tmp_path / run / "metrics.json").read_text())["run"] for run in ("one", "two")]
+    assert (records[0]["micro_batches"], records[1]["micro_batches"]) == (2, 1)
 
-    refused = _launch(write_config("odd.yaml", data={"batch_size": 34}, train={"output_dir": str(tmp_path / "odd")}))
-    assert refused.returncode != 0
-    assert "data.batch_size: 34 must be divisible by 2 x 2 processes" in refused.stderr
-    assert "Traceback" not in refused.stderr.split("reid-accel: error")[0]
+
+def test_four_processes_run_the_one_process_recipe_with_one_mixup_weight_per_group(write_config, tmp_path):
+    config = write_config()
+    recipe = ["data.batch_size=32", "data.bn_batch_size=8", "objective.mixup_lambda_per=group"]
+    reference = _single_process(config, tmp_path / "one", *recipe)
+    done = _launch(4, config, *SMOKE, *recipe, f"train.output_dir={tmp_path / 'four'}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    _assert_same_run(reference, tmp_path / "four")
+
+
+def test_two_machines_run_the_one_process_recipe(write_config, tmp_path):
+    config = write_config()
+    recipe = [*SMOKE, "data.batch_size=32", "data.bn_batch_size=16", f"train.output_dir={tmp_path / 'machines'}"]
+    port = _free_port()
+    machines = [
+        subprocess.Popen(
+            _launch_command(2, machines=2, machine_rank=rank, port=port) + [str(config), *recipe],
+            env=_environment(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [machine.communicate(timeout=600) for machine in machines]
+    for machine, (_, err) in zip(machines, outputs, strict=True):
+        assert machine.returncode == 0, err[-3000:]
+    assert len(checkpoint_dirs(tmp_path / "machines")) == 1, "the checkpoint is written once"
+    reference = _single_process(config, tmp_path / "one", "data.batch_size=32", "data.bn_batch_size=16")
+    _assert_same_run(reference, tmp_path / "machines")
+
+
+def test_a_layout_that_cannot_run_is_refused_before_any_data_is_parsed(write_config, tmp_path):
+    refused = _launch(2, write_config(), "data.batch_size=32", "data.bn_batch_size=32")
+    assert refused.returncode != 0  # the workers exit 2; the launcher reports a failed child
+    assert (
+        "needs SyncBatchNorm over 2 processes of 16 images, which needs GPUs; launch 1 process(es)" in refused.stderr
+    )
+    assert "Parsed" not in refused.stderr and "Traceback" not in refused.stderr.split("reid-accel: error")[0]
+
+
+def _worker_pid(tag: str, local_rank: int) -> int | None:
+    """The pid of the launched worker with `local_rank` among the processes started with `REID_TEST_TAG=tag`."""
+    for entry in Path("/proc").iterdir():
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if f"REID_TEST_TAG={tag}".encode() in environ and f"LOCAL_RANK={local_rank}".encode() in environ:
+            return int(entry.name)
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the worker through /proc")
+def test_a_killed_process_is_reported_in_one_line_and_the_run_resumes(write_config, tmp_path):
+    config = write_config(optim={"epochs": 500, "milestones": [500]}, train={"eval_interval": 500})
+    tag = str(tmp_path)
+    run = subprocess.Popen(
+        _launch_command(2) + [str(config), "train.collective_timeout_s=30"],
+        env=_environment(REID_TEST_TAG=tag),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not any((d / STATE_FILE).is_file() for d in checkpoint_dirs(tmp_path / "run")):
+        assert run.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.2)
+    time.sleep(0.5)  # into the next epoch
+    victim = _worker_pid(tag, 1)
+    assert victim is not None
+    os.kill(victim, signal.SIGKILL)
+    killed = time.monotonic()
+    _, err = run.communicate(timeout=120)
+    assert run.returncode != 0 and time.monotonic() - killed < 60
+    ours = [line for line in err.splitlines() if line.startswith("reid-accel: error:")]
+    assert len(ours) == 1 and f"rank 0: lost rank 1 (pid {victim}) of 2: the process exited" in ours[0], err[-5000:]
+    assert "--resume" in ours[0]
+
+    latest = [d for d in checkpoint_dirs(tmp_path / "run") if (d / STATE_FILE).is_file()][-1]
+    saved = json.loads((latest / STATE_FILE).read_text())
+    resumed = _launch(2, config, "--resume", f"train.max_steps={saved['global_step'] + 2}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"at epoch {saved['epoch']}, step {saved['step_in_epoch']}" in resumed.stderr
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()

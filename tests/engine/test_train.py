@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import signal
 
 import pytest
@@ -9,8 +10,8 @@ from safetensors.torch import load_file
 from reid_accel.cli import main
 from reid_accel.config import load_config
 from reid_accel.engine import train as train_module
-from reid_accel.engine.state import checkpoint_dirs
-from reid_accel.engine.train import TrainingInterrupted, train
+from reid_accel.engine.state import STATE_FILE, checkpoint_dirs
+from reid_accel.engine.train import TrainingInterrupted, setup, train, train_step
 
 
 def _weights(run_dir):
@@ -28,7 +29,7 @@ def test_two_epochs_end_to_end(straight_run):
     for evaluation in metrics["evaluations"]:
         assert 0.0 <= evaluation["mAP"] <= 1.0 and 0.0 <= evaluation["rank1"] <= evaluation["rank5"] <= 1.0
         assert evaluation["num_valid_queries"] == 20
-    assert metrics["run"]["world_size"] == 1 and metrics["run"]["per_process_target"] == 16
+    assert metrics["run"]["world_size"] == 1 and metrics["run"]["micro_batch_target"] == 16
     assert torch.__version__.startswith(metrics["run"]["packages"]["torch"])
     assert metrics["config"]["model"]["backbone"] == "test_resnet"
     assert {"config.json", "model.safetensors"} <= {p.name for p in (run / "model").iterdir()}
@@ -51,6 +52,39 @@ def test_resume_after_an_epoch_matches_one_run(write_config, tmp_path, straight_
     for key in expected:
         assert torch.equal(expected[key], resumed[key]), key
     assert torch.equal(_memory(straight_run), _memory(tmp_path / "split"))
+
+
+def test_resume_removes_a_checkpoint_the_run_died_while_saving(write_config, tmp_path, straight_run):
+    crashed = f"train.output_dir={tmp_path / 'crashed'}"
+    train(load_config(write_config(), [crashed, "optim.epochs=1"]))
+    (complete,) = checkpoint_dirs(tmp_path / "crashed")
+    broken = complete.parent / "checkpoint_1"
+    shutil.copytree(complete, broken)
+    (broken / STATE_FILE).unlink()  # accelerate's folder was written, the run died before reid-accel's state
+    train(load_config(write_config(), [crashed, "train.resume=auto"]))
+    assert [d.name for d in checkpoint_dirs(tmp_path / "crashed")] == ["checkpoint_0", "checkpoint_1"]
+    assert json.loads((broken / STATE_FILE).read_text())["epoch"] == 3, "saved anew under the removed one's number"
+    expected, resumed = _weights(straight_run), _weights(tmp_path / "crashed")
+    for key in expected:
+        assert torch.equal(expected[key], resumed[key]), key
+
+
+def test_micro_batches_accumulate_and_only_the_first_updates_batchnorm_statistics(write_config):
+    run = setup(load_config(write_config(), ["data.batch_size=32", "data.bn_batch_size=8"]))
+    assert run.layout.micro_batches == 4
+    norms = [m for m in run.network.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    run.sampler.set_epoch(1)
+    for step, batch in zip(range(2), run.train_loader, strict=False):
+        components = train_step(run, batch, epoch=1, step=step)
+    assert {int(m.num_batches_tracked) for m in norms} == {2}, "one running-statistics update per step"
+    assert components["total"].ndim == 0 and torch.isfinite(components["total"])
+    assert all(p.grad is None for p in run.network.parameters()), "gradients are cleared after the step"
+
+
+def test_a_diverging_loss_names_itself_at_the_next_log(write_config):
+    config = write_config(optim={"lr_backbone": 1e30, "lr_new": 1e30}, train={"log_interval": 2})
+    with pytest.raises(FloatingPointError, match=r"non-finite loss .*total.* before global step \d+"):
+        train(load_config(config))
 
 
 def test_sigterm_mid_epoch_saves_and_resumes_exactly(write_config, tmp_path, monkeypatch, straight_run):

@@ -19,7 +19,15 @@ METRICS = {
         {"epoch": 1, "mAP": 0.1234, "rank1": 0.2, "rank5": 0.4, "rank10": 0.5, "num_valid_queries": 20},
         {"epoch": 2, "mAP": 0.4321, "rank1": 0.6, "rank5": 0.8, "rank10": 0.9, "num_valid_queries": 20},
     ],
-    "run": {"world_size": 2, "per_process_source": 64, "per_process_target": 64, "mixed_precision": "fp16"},
+    "run": {
+        "global_batch": 256,
+        "bn_batch_size": 128,
+        "world_size": 2,
+        "micro_batches": 1,
+        "micro_batch_source": 64,
+        "micro_batch_target": 64,
+        "mixed_precision": "fp16",
+    },
     "config": {"data": {"source": {"name": "dukemtmc"}, "target": {"name": "market1501"}, "eval": None}},
 }
 

@@ -4,6 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from reid_accel.config import ExperimentConfig, ObjectiveConfig
+from reid_accel.engine.train import build_objective
 from reid_accel.objectives import (
     CAILObjective,
     camera_agnostic_neighborhood_loss,
@@ -12,6 +14,11 @@ from reid_accel.objectives import (
 )
 
 NUM_CLASSES, DIM, NUM_SLOTS = 5, 16, 60
+
+
+def published(*, target_branch: bool = True, **overrides) -> CAILObjective:
+    """The objective of the published recipe (the config's defaults), with `overrides` of objective keys."""
+    return build_objective(ExperimentConfig(objective=ObjectiveConfig(**overrides)), two_domains=target_branch)
 
 
 def make_inputs(seed=0, batch=6):
@@ -46,7 +53,7 @@ def aware_losses(inputs):
 def test_single_domain_baseline_is_plain_cross_entropy():
     inputs = make_inputs()
     source_only = {k: inputs[k] for k in ("source_features", "source_logits", "source_labels", "classifier_weight")}
-    total, parts = CAILObjective(target_branch=False)(epoch=40, **source_only)
+    total, parts = published(target_branch=False)(epoch=40, **source_only)
     ce = F.cross_entropy(inputs["source_logits"], inputs["source_labels"])
     torch.testing.assert_close(total, ce)
     assert set(parts) == {"source_ce", "total", "source_accuracy"}
@@ -56,7 +63,7 @@ def test_single_domain_baseline_is_plain_cross_entropy():
 
 def test_target_losses_are_logged_but_carry_no_gradient_before_they_start():
     inputs = make_inputs()
-    total, parts = CAILObjective()(epoch=5, **inputs)
+    total, parts = published()(epoch=5, **inputs)
     intra, inter = aware_losses(inputs)
     assert set(parts) == {"source_ce", "intra", "inter", "total", "source_accuracy"}
     torch.testing.assert_close(parts["intra"], intra.detach())
@@ -70,7 +77,7 @@ def test_target_losses_are_logged_but_carry_no_gradient_before_they_start():
 @pytest.mark.parametrize(("epoch", "w_intra", "w_inter"), [(11, 1.0, 0.0), (31, 1.0, 0.5)])
 def test_weighted_total_and_its_gradient(epoch, w_intra, w_inter):
     inputs = make_inputs()
-    total, parts = CAILObjective()(epoch=epoch, **inputs)
+    total, parts = published()(epoch=epoch, **inputs)
     intra, inter = aware_losses(inputs)
     ce = F.cross_entropy(inputs["source_logits"], inputs["source_labels"])
     expected = ce + w_intra * intra + w_inter * inter
@@ -83,7 +90,7 @@ def test_weighted_total_and_its_gradient(epoch, w_intra, w_inter):
 
 def test_mixup_replaces_the_source_cross_entropy():
     inputs = make_inputs()
-    total, parts = CAILObjective()(epoch=2, lam=0.3, **inputs)
+    total, parts = published()(epoch=2, lam=0.3, **inputs)
     mixup = mixup_virtual_class_loss(
         inputs["source_features"],
         inputs["classifier_weight"],
@@ -95,14 +102,14 @@ def test_mixup_replaces_the_source_cross_entropy():
     torch.testing.assert_close(parts["mixup"], mixup.detach())
     torch.testing.assert_close(total, mixup)
     with pytest.raises(ValueError, match="mixup is off"):
-        CAILObjective()(epoch=1, lam=0.3, **inputs)
+        published()(epoch=1, lam=0.3, **inputs)
     with pytest.raises(ValueError, match="mixup is off"):
-        CAILObjective(mixup=False)(epoch=5, lam=0.3, **inputs)
+        published(mixup=False)(epoch=5, lam=0.3, **inputs)
 
 
 def test_camera_agnostic_mode():
     inputs = make_inputs()
-    total, parts = CAILObjective(neighbor_mode=0)(epoch=11, **inputs)
+    total, parts = published(neighbor_mode=0)(epoch=11, **inputs)
     agnostic = camera_agnostic_neighborhood_loss(target_sim(inputs), inputs["target_slots"], scale=10, eps=0.8)
     assert set(parts) == {"source_ce", "agnostic", "total", "source_accuracy"}
     torch.testing.assert_close(
@@ -115,7 +122,7 @@ def test_bf16_autocast_gives_finite_float32_losses():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = inputs["source_features"] @ inputs["classifier_weight"].T
         assert logits.dtype == torch.bfloat16
-        total, parts = CAILObjective()(
+        total, parts = published()(
             epoch=31,
             lam=0.4,
             **{**inputs, "source_logits": logits, "target_features": inputs["target_features"].bfloat16()},
@@ -130,6 +137,6 @@ def test_missing_target_inputs_are_named():
     inputs = make_inputs()
     del inputs["memory_camids"]
     with pytest.raises(ValueError, match="memory_camids"):
-        CAILObjective()(epoch=11, **inputs)
+        published()(epoch=11, **inputs)
     with pytest.raises(ValueError, match="neighbor_mode"):
-        CAILObjective(neighbor_mode=3)
+        CAILObjective(**{**vars(published()), "neighbor_mode": 3})
