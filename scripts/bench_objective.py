@@ -6,8 +6,10 @@ and Market-1501 scale (N = 12,936, 6 cameras), D = 2048, B_t = 128. The same bra
 (B, N) camera mask built by a Python loop over the samples, dense masked softmaxes, a per-sample memory update)
 is timed alongside for reference.
 
-Part 2 (training step): network forward/backward + objective + SGD step + memory update of a [source | target]
-batch, against a plain supervised step (cross-entropy over the same number of images) of the same backbone.
+Part 2 (training step): `reid_accel.engine.train.train_step` of the full method (mixup, one forward over
+[source | target], every loss term, backward, SGD step, memory update against an MSMT17-sized memory) against the
+same `train_step` in source-only training (cross-entropy over the same number of images), same backbone. Both runs
+are built by `setup` from `--config` (the synthetic world, resized to the backbone's input).
 
 Usage (CPU, the default threads)::
 
@@ -23,44 +25,18 @@ load affects both sides alike; compare ratios within one run.
 """
 
 import argparse
+import dataclasses
 import os
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from bench_common import build_run, every_term_epoch, interleaved_timings, table_rows, training_batches
 
-from reid_accel.modeling import CrossDomainNetwork, ExemplarMemory, ReIDEncoder
-from reid_accel.objectives import CAILObjective, camera_aware_neighborhood_loss, mix_pixels
+from reid_accel.engine.train import train_step
+from reid_accel.modeling import ExemplarMemory
+from reid_accel.objectives import camera_aware_neighborhood_loss
 
 SCALES = {"msmt17": (32621, 15), "market1501": (12936, 6)}
-
-
-def interleaved_timings(fns: dict[str, Callable[[], None]], repeats: int) -> dict[str, tuple[float, float]]:
-    """(min, median) seconds per call of each function, calls interleaved round-robin after one warm-up call each.
-
-    The minimum is the call least disturbed by other load on the machine; the median shows the typical call.
-    """
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: (min(t), statistics.median(t)) for name, t in times.items()}
-
-
-def table_rows(label: str, timings: dict[str, tuple[float, float]], baseline: str, unit: float) -> list[str]:
-    """Markdown rows: variant, min and median (in `unit` seconds), and both as multiples of the baseline's."""
-    base_min, base_median = timings[baseline]
-    return [
-        f"| {label} | {name} | {t_min / unit:.4g} | {t_median / unit:.4g} | {t_min / base_min:.3f} | "
-        f"{t_median / base_median:.3f} |"
-        for name, (t_min, t_median) in timings.items()
-    ]
 
 
 def clustered_memory(num_slots: int, num_cameras: int, dim: int, generator: torch.Generator):
@@ -141,50 +117,28 @@ def bench_target_branch(name: str, args: argparse.Namespace) -> list[str]:
 
 
 def bench_training_step(args: argparse.Namespace) -> list[str]:
-    torch.manual_seed(args.seed)
+    """`train_step` of the full method against `train_step` of source-only training, same backbone and batch."""
+    model = [f"model.backbone={args.backbone}", "model.pretrained=false", f"data.height={args.height}"]
+    model += [f"data.width={args.width}", f"data.batch_size={2 * args.step_batch}", "data.num_workers=0"]
+    full = ["objective.inter_weight=0.5", "objective.mixup=true", f"train.seed={args.seed}"]
+    cail = build_run(args.config, [*model, *full])
+    slots, cameras = SCALES["msmt17"]
+    memory = ExemplarMemory(slots, cail.encoder.feature_dim, torch.randint(0, cameras, (slots,)))
+    memory.update(torch.randn(slots, cail.encoder.feature_dim), torch.arange(slots), 0.0)
+    cail = dataclasses.replace(cail, memory=memory.to(cail.accelerator.device))  # an MSMT17-sized memory
+    supervised = build_run(args.config, [*model, "data.target=null", "objective.target_branch=false"])
+    epoch = every_term_epoch(cail)
+    cail_batch, supervised_batch = training_batches(cail, 1)[0], training_batches(supervised, 1)[0]
+    timings = interleaved_timings(
+        {
+            "supervised": lambda: train_step(supervised, supervised_batch, epoch=epoch, step=0),
+            "cail": lambda: train_step(cail, cail_batch, epoch=epoch, step=0),
+        },
+        args.steps,
+    )
     b = args.step_batch
-    num_slots, num_cameras = SCALES["msmt17"]
-    encoder = ReIDEncoder(args.backbone, input_size=(args.height, args.width))
-    network = CrossDomainNetwork(encoder, args.num_classes).train()
-    optimizer = torch.optim.SGD(network.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    memory = ExemplarMemory(num_slots, encoder.feature_dim, torch.randint(0, num_cameras, (num_slots,)))
-    memory.update(torch.randn(num_slots, encoder.feature_dim), torch.arange(num_slots), 0.0)
-    objective = CAILObjective()
-    pixels = torch.randn(2 * b, 3, args.height, args.width)
-    labels = torch.randint(0, args.num_classes, (2 * b,))
-    slots = torch.randperm(num_slots)[:b]
-
-    def cail_step():
-        mixed = mix_pixels(pixels, num_source=b, lam=0.4)
-        out = network(mixed, num_source=b)
-        loss, _ = objective(
-            epoch=31,
-            source_features=out["source_features"],
-            source_logits=out["source_logits"],
-            source_labels=labels[:b],
-            classifier_weight=network.classifier.weight,
-            target_features=out["target_features"],
-            target_camids=memory.camids[slots],
-            target_slots=slots,
-            memory_features=memory.features,
-            memory_camids=memory.camids,
-            lam=0.4,
-        )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        memory.update(out["target_features"].detach(), slots, 0.6)
-
-    def supervised_step():
-        out = network(pixels, num_source=2 * b, source_neck="train")
-        loss = F.cross_entropy(out["source_logits"], labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    timings = interleaved_timings({"supervised": supervised_step, "cail": cail_step}, args.steps)
     return table_rows(
-        f"{args.backbone} {args.height}x{args.width}, {b}+{b} images, N={num_slots}", timings, "supervised", 1.0
+        f"{args.backbone} {args.height}x{args.width}, {b}+{b} images, N={slots}", timings, "supervised", 1.0
     )
 
 
@@ -199,7 +153,7 @@ def main() -> None:
     parser.add_argument("--backbone", default="resnet50.tv_in1k")
     parser.add_argument("--height", type=int, default=256)
     parser.add_argument("--width", type=int, default=128)
-    parser.add_argument("--num-classes", type=int, default=702, help="source identities (DukeMTMC-reID: 702)")
+    parser.add_argument("--config", default="configs/synthetic.yaml", help="the data of part 2's training runs")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
