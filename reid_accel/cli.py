@@ -9,8 +9,9 @@
 
 Each sub-command is a parser built by an `_add_*` function and a handler `(args) -> int` set as the parser's
 `handler` default; handlers import what they need, so `--help` answers without loading torch. Input mistakes
-(`ReidAccelError`, or `FileNotFoundError` from our own checks) become one line `reid-accel: error: <message>` on
-stderr and exit status 2, never a traceback; argparse's own errors also exit with 2. Logging is configured
+(`ReidAccelError`, or an `OSError` about a path the user gave) become one line `reid-accel: error: <message>` on
+stderr and exit status 2, never a traceback; argparse's own errors also exit with 2. Anything else is a bug and
+keeps its traceback. Logging is configured
 here, at INFO with a plain format, and nowhere in the library.
 """
 
@@ -32,6 +33,21 @@ LOG_FORMAT = "%(levelname)s: %(message)s"
 def _is_main_process() -> bool:
     """Under a launcher every process runs the command; only the first one reports."""
     return os.environ.get("RANK", "0") == "0"
+
+
+def _count(minimum: int):
+    """An argparse type for whole numbers >= `minimum`, so a bad count is refused with the option's name."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {value}")
+        return value
+
+    return parse
 
 
 def _print_report(
@@ -105,7 +121,7 @@ def _add_data_commands(commands: argparse._SubParsersAction) -> None:
     synth.add_argument("root", type=Path, help="folder to write the world to")
     synth.add_argument("--domain", required=True, choices=("a", "b"), help="a: 4 cameras, mild; b: 5, harsh")
     synth.add_argument("--seed", type=int, default=0, help="seeds people, cameras and images (default 0)")
-    synth.add_argument("--ids", type=int, help="training identities (default: the generator's)")
+    synth.add_argument("--ids", type=_count(2), help="training identities (default: the generator's)")
     synth.set_defaults(handler=_data_synth)
 
     lookalike = data_commands.add_parser("lookalike", help="write a tiny folder in a benchmark's exact layout")
@@ -211,8 +227,8 @@ def _add_eval_command(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3)")
     evaluate.add_argument("--ap-mode", choices=("standard", "trapezoid"), default="standard", help="AP convention")
     evaluate.add_argument("--output-dir", type=Path, help="write metrics.json, features and pictures here")
-    evaluate.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
-    evaluate.add_argument("--num-workers", type=int, default=4, help="image decoding processes (default 4)")
+    evaluate.add_argument("--batch-size", type=_count(1), default=256, help="images per forward pass (default 256)")
+    evaluate.add_argument("--num-workers", type=_count(0), default=4, help="image decoding processes (default 4)")
     evaluate.set_defaults(handler=_eval)
 
 
@@ -268,10 +284,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if _is_main_process() else logging.WARNING, format=LOG_FORMAT)
     try:
         return args.handler(args)
-    except (ReidAccelError, FileNotFoundError) as err:
-        message = " ".join(str(err).split())
-        print(f"{parser.prog}: error: {message}", file=sys.stderr)
-        return 2
+    except ReidAccelError as err:
+        message = str(err)
+    except OSError as err:  # a path the user gave cannot be read or written; other OS errors are bugs
+        if err.filename is None and not isinstance(err, FileNotFoundError):
+            raise
+        message = f"{err.filename}: {err.strerror}" if err.filename is not None else str(err)
+    print(f"{parser.prog}: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

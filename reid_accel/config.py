@@ -6,10 +6,12 @@ default. Defaults are the published recipe of the paper (see METHOD.md).
 """
 
 import dataclasses
+import math
 import os
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +48,7 @@ class DomainConfig:
     """One dataset: a benchmark name, the folder it was extracted to and its parser options."""
 
     name: str = "market1501"
-    root: str = ""
+    root: str = "Market-1501-v15.09.15"
     options: dict[str, Any] = field(default_factory=dict)
 
     def resolved_root(self) -> Path:
@@ -168,7 +170,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        _check_choices(self)
+        _check_values(self)
 
     @property
     def eval_domain(self) -> DomainConfig:
@@ -179,38 +181,99 @@ class ExperimentConfig:
         return dataclasses.asdict(self)
 
 
-_CHOICES = {
-    "train.mixed_precision": (None, "no", "fp16", "bf16"),
-    "train.resume": ("no", "auto"),
-    "train.log_with": ("auto", "none", "tensorboard"),
-    "objective.neighbor_mode": (0, 1),
-    "objective.mixup_lambda_per": ("global", "group"),
-    "data.erasing_ratio_rule": ERASING_RATIO_RULES,
-    "model.last_stride": (1, 2),
+@dataclass(frozen=True)
+class Rule:
+    """What a key allows, as the error message says it, and the test of a value."""
+
+    allowed: str
+    ok: Callable[[Any], bool]
+
+
+def _number(allowed: str, ok: Callable[[float], bool]) -> Rule:
+    return Rule(allowed, lambda v: math.isfinite(v) and ok(v))
+
+
+def _choice(*values: Any) -> Rule:
+    return Rule(f"one of {', '.join(map(repr, values))}", lambda v: v in values)
+
+
+POSITIVE = _number("a number > 0", lambda v: v > 0)
+NON_NEGATIVE = _number("a number >= 0", lambda v: v >= 0)
+PROBABILITY = _number("a number in [0, 1]", lambda v: 0 <= v <= 1)
+MOMENTUM = _number("a number in [0, 1)", lambda v: 0 <= v < 1)
+SEED = _number("an integer in [0, 2**32)", lambda v: 0 <= v < 2**32)
+NON_EMPTY = Rule("a non-empty string", lambda v: bool(v.strip()))
+EXISTING_FILE = Rule("an existing file", lambda v: Path(os.path.expandvars(v)).expanduser().is_file())
+
+# The allowed values of every key, stated once, checked when a config loads (before anything is built). Keys
+# not listed are checked for their type only; `None` passes for optional keys. DomainConfig keys apply to
+# data.source, data.target and data.eval alike.
+DOMAIN_RULES = {"name": NON_EMPTY, "root": NON_EMPTY}
+RULES = {
+    "data.height": POSITIVE,
+    "data.width": POSITIVE,
+    "data.batch_size": POSITIVE,
+    "data.bn_batch_size": POSITIVE,
+    "data.eval_batch_size": POSITIVE,
+    "data.num_workers": NON_NEGATIVE,
+    "data.pad": NON_NEGATIVE,
+    "data.flip_prob": PROBABILITY,
+    "data.erasing_prob": PROBABILITY,
+    "data.erasing_ratio_rule": _choice(*ERASING_RATIO_RULES),
+    "model.backbone": NON_EMPTY,
+    "model.pretrained_path": EXISTING_FILE,
+    "model.last_stride": _choice(1, 2),
+    "objective.neighbor_mode": _choice(0, 1),
+    "objective.scale": POSITIVE,
+    "objective.neighbor_eps": PROBABILITY,
+    "objective.intra_start_epoch": NON_NEGATIVE,
+    "objective.intra_weight": NON_NEGATIVE,
+    "objective.inter_start_epoch": NON_NEGATIVE,
+    "objective.inter_weight": NON_NEGATIVE,
+    "objective.agnostic_weight": NON_NEGATIVE,
+    "objective.memory_momentum": MOMENTUM,
+    "objective.mixup_start_epoch": NON_NEGATIVE,
+    "objective.mixup_alpha": POSITIVE,
+    "objective.mixup_lambda_per": _choice("global", "group"),
+    "optim.lr_backbone": NON_NEGATIVE,
+    "optim.lr_new": NON_NEGATIVE,
+    "optim.momentum": MOMENTUM,
+    "optim.weight_decay": NON_NEGATIVE,
+    "optim.epochs": POSITIVE,
+    "optim.gamma": POSITIVE,
+    "train.seed": SEED,
+    "train.mixed_precision": _choice("no", "fp16", "bf16"),
+    "train.output_dir": NON_EMPTY,
+    "train.max_steps": POSITIVE,
+    "train.eval_interval": POSITIVE,
+    "train.checkpoint_interval": POSITIVE,
+    "train.keep_checkpoints": POSITIVE,
+    "train.resume": _choice("no", "auto"),
+    "train.log_with": _choice("auto", "none", "tensorboard"),
+    "train.log_interval": POSITIVE,
+    "train.collective_timeout_s": POSITIVE,
 }
 
 
-def _check_choices(cfg: ExperimentConfig) -> None:
-    for key, allowed in _CHOICES.items():
+def _check(key: str, value: Any, rule: Rule) -> None:
+    if value is not None and not rule.ok(value):
+        raise ConfigError(f"{key}: expected {rule.allowed}, got {value!r}")
+
+
+def _check_values(cfg: ExperimentConfig) -> None:
+    """Every key against its rule, then the rules that relate keys."""
+    for key, rule in RULES.items():
         section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        if value not in allowed:
-            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, allowed))}")
-    if cfg.data.batch_size <= 0 or cfg.data.batch_size % 2:
+        _check(key, getattr(getattr(cfg, section), name), rule)
+    for name in ("source", "target", "eval"):
+        domain = getattr(cfg.data, name)
+        for key, rule in DOMAIN_RULES.items() if domain is not None else ():
+            _check(f"data.{name}.{key}", getattr(domain, key), rule)
+    milestones = cfg.optim.milestones
+    if any(not 1 <= m <= cfg.optim.epochs for m in milestones) or milestones != sorted(set(milestones)):
         raise ConfigError(
-            f"data.batch_size: {cfg.data.batch_size} must be a positive even number (half source, half target)"
+            f"optim.milestones: expected increasing epochs within 1..{cfg.optim.epochs} (optim.epochs), got {milestones}"
         )
-    if cfg.data.bn_batch_size is not None and cfg.data.bn_batch_size <= 0:
-        raise ConfigError(f"data.bn_batch_size: {cfg.data.bn_batch_size} must be positive (or null)")
-    if cfg.optim.epochs <= 0:
-        raise ConfigError(f"optim.epochs: {cfg.optim.epochs} must be positive")
-    for key in ("eval_interval", "checkpoint_interval", "keep_checkpoints", "log_interval"):
-        if getattr(cfg.train, key) <= 0:
-            raise ConfigError(f"train.{key}: {getattr(cfg.train, key)} must be positive")
-    if cfg.train.max_steps is not None and cfg.train.max_steps <= 0:
-        raise ConfigError(f"train.max_steps: {cfg.train.max_steps} must be positive (or null for whole epochs)")
-    if not cfg.train.collective_timeout_s > 0:
-        raise ConfigError(f"train.collective_timeout_s: {cfg.train.collective_timeout_s} must be positive")
 
 
 def _convert(value: Any, annotation: Any, key: str) -> Any:

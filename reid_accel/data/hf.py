@@ -29,7 +29,7 @@ from datasets import Dataset, DatasetDict, DatasetInfo, Features, Image, NamedSp
 from datasets import config as datasets_config
 from datasets.arrow_writer import ArrowWriter
 
-from reid_accel.data.benchmarks import get_benchmark, split_options
+from reid_accel.data.benchmarks import check_root, get_benchmark, split_options
 from reid_accel.data.benchmarks.market_style import IMAGE_SUFFIXES
 from reid_accel.data.records import SPLIT_NAMES, ImageRecord, Split, SplitStats
 from reid_accel.errors import DatasetLayoutError
@@ -149,8 +149,7 @@ def load_benchmark(
     root = Path(root).expanduser().resolve()
     if hasattr(module, "prepare"):
         module.prepare(root, **prepare_options)
-    if not root.is_dir():
-        raise DatasetLayoutError(f"{root}: folder not found; expected the extracted {canonical} folder")
+    check_root(canonical, root)
     key = fingerprint(canonical, root, parse_options)
     entry = Path(cache_dir if cache_dir is not None else default_cache_dir()) / f"{canonical}-{key}"
     if not entry.is_dir():

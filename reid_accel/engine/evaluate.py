@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from reid_accel.config import DomainConfig
 from reid_accel.data import ReIDImageDataset, build_transform, load_benchmark
+from reid_accel.data.benchmarks import check_domain
 from reid_accel.data.hf import column_values
 from reid_accel.fileio import atomic_path, write_json_atomic
 from reid_accel.metrics import rank_metrics, rank_metrics_from_distance, rerank_distance, top_k_gallery
@@ -115,8 +116,9 @@ def evaluate_model(
     Returns:
         The metrics dict of `rank_metrics` (plus the settings it was computed with).
     """
+    check_domain(dataset, "--dataset/--root")
     accelerator = Accelerator()
-    with accelerator.main_process_first():
+    with accelerator.local_main_process_first():
         splits = load_benchmark(dataset.name, dataset.resolved_root(), **dataset.options)
     height, width = encoder.input_size
     transform = build_transform(height, width, mean=encoder.mean, std=encoder.std)

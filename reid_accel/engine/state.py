@@ -119,13 +119,16 @@ def load_latest_checkpoint(
         logger.info("no checkpoint in %s: starting from scratch", output_dir)
         return TrainState()
     latest = complete[-1]
-    accelerator.load_state(str(latest))
     try:
+        accelerator.load_state(str(latest))
         if memory is not None:
             memory.load_state_dict(load_file(latest / MEMORY_FILE))  # copied into the buffers, on their device
         state = TrainState(**json.loads((latest / STATE_FILE).read_text()))
     except (OSError, ValueError, TypeError, RuntimeError) as err:
-        raise ModelLoadError(f"{latest}: checkpoint is incomplete or corrupt ({err})") from None
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelLoadError(
+            f"{latest}: cannot resume (a different config, or a corrupt checkpoint): {message}"
+        ) from None
     # accelerate numbers new checkpoints from its own counter, which load_state leaves at 0.
     accelerator.project_configuration.iteration = int(latest.name.rsplit("_", 1)[1]) + 1
     logger.info("resumed from %s at epoch %d, step %d", latest, state.epoch, state.step_in_epoch)

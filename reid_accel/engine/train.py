@@ -9,7 +9,7 @@ Several GPUs or machines (the launcher starts one process per GPU; the recipe, n
     accelerate launch --config_file accelerate_config.yaml -m reid_accel.train configs/duke2market.yaml
 
 `setup` builds everything once, in the order of accelerate's examples: Accelerator -> batch layout -> seed ->
-data -> model -> optimizer -> prepare -> resume. `train_step` is one optimizer step: every BatchNorm group of the
+encoder -> data -> training network -> optimizer -> prepare -> resume. `train_step` is one optimizer step: every BatchNorm group of the
 process's share runs one forward over [source | target] (the backbone's BatchNorm sees both halves), the objective
 is computed against the memory as it was before the step, gradients of the groups are averaged, the optimizer
 steps, and only then are the gathered target features written into the exemplar memory, identically on every
@@ -41,6 +41,7 @@ from reid_accel.data import (
     build_transform,
     load_benchmark,
 )
+from reid_accel.data.benchmarks import check_domain
 from reid_accel.data.layout import BatchLayout
 from reid_accel.engine.distributed import (
     ProcessTable,
@@ -51,7 +52,7 @@ from reid_accel.engine.distributed import (
 from reid_accel.engine.evaluate import evaluate_retrieval
 from reid_accel.engine.report import RunRecorder, environment_info
 from reid_accel.engine.state import TrainState, checkpoint_dirs, load_latest_checkpoint, save_checkpoint
-from reid_accel.errors import ConfigError
+from reid_accel.errors import ConfigError, ReidAccelError
 from reid_accel.modeling import CrossDomainNetwork, ExemplarMemory, ReIDEncoder
 from reid_accel.modeling.batchnorm import running_stats_frozen
 from reid_accel.objectives import (
@@ -64,6 +65,10 @@ from reid_accel.objectives import (
 from reid_accel.seeding import seeded_generator
 
 logger = logging.getLogger(__name__)
+
+
+class LossNotFinite(ReidAccelError, FloatingPointError):
+    """A loss became NaN or infinite: the run diverged (learning rates too high, or broken data)."""
 
 
 class TrainingInterrupted(RuntimeError):
@@ -196,8 +201,15 @@ def setup(cfg: ExperimentConfig) -> Run:
             f"{output_dir}: already holds checkpoints; resume with --resume (train.resume=auto) "
             "or choose another --output-dir"
         )
-    accelerator = build_accelerator(cfg)
     two_domains = cfg.data.target is not None and cfg.objective.target_branch
+    for key, domain in (
+        ("data.source", cfg.data.source),
+        ("data.target", cfg.data.target),
+        ("data.eval", cfg.data.eval),
+    ):
+        if domain is not None and (key != "data.target" or two_domains):
+            check_domain(domain, key)
+    accelerator = build_accelerator(cfg)
     layout = BatchLayout.plan(
         cfg.data.batch_size,
         accelerator.num_processes,
@@ -208,17 +220,20 @@ def setup(cfg: ExperimentConfig) -> Run:
     processes = ProcessTable.gather(accelerator)
     set_seed(cfg.train.seed, deterministic=cfg.train.deterministic)
 
+    # The encoder before the data: a backbone that cannot be built, or ImageNet weights that cannot be fetched,
+    # are reported before minutes of parsing. Each machine's first process fetches the weights into the cache.
+    with accelerator.local_main_process_first():
+        encoder = ReIDEncoder(
+            cfg.model.backbone,
+            pretrained=cfg.model.pretrained,
+            pretrained_path=cfg.model.pretrained_path,
+            last_stride=cfg.model.last_stride,
+            input_size=[cfg.data.height, cfg.data.width],
+        )
     source = load_domain(cfg.data.source, accelerator)
     target = load_domain(cfg.data.target, accelerator) if two_domains else None
     evaluation = load_domain(cfg.eval_domain, accelerator)
 
-    encoder = ReIDEncoder(
-        cfg.model.backbone,
-        pretrained=cfg.model.pretrained,
-        pretrained_path=cfg.model.pretrained_path,
-        last_stride=cfg.model.last_stride,
-        input_size=[cfg.data.height, cfg.data.width],
-    )
     d = cfg.data
     augmentation = BatchAugmentation(
         mean=encoder.mean,
@@ -396,7 +411,9 @@ class LossMeter:
         self.sums, self.count = {}, 0
         bad = [n for n, v in means.items() if not torch.isfinite(torch.tensor(v))]
         if bad:
-            raise FloatingPointError(f"non-finite loss {', '.join(bad)} {where}: {means}")
+            raise LossNotFinite(
+                f"non-finite loss {', '.join(bad)} {where}: {means}; lower the learning rates or check the data"
+            )
         return means
 
 

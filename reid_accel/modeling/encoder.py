@@ -81,7 +81,7 @@ def set_last_stride_one(backbone: nn.Module) -> None:
 def _create_backbone(backbone: str, *, pretrained: bool, pretrained_path: str | None) -> nn.Module:
     """timm backbone without classifier or pooling: (B, 3, H, W) -> (B, C, h, w)."""
     if not timm.is_model(backbone):
-        raise ConfigError(f"backbone {backbone!r} is not a timm model name (see timm.list_models())")
+        raise ConfigError(f"model.backbone: {backbone!r} is not a timm model name (see timm.list_models())")
     overlay = None
     if pretrained_path is not None:
         path = Path(pretrained_path)

@@ -11,7 +11,7 @@ from reid_accel.cli import main
 from reid_accel.config import load_config
 from reid_accel.engine import train as train_module
 from reid_accel.engine.state import STATE_FILE, checkpoint_dirs
-from reid_accel.engine.train import TrainingInterrupted, setup, train, train_step
+from reid_accel.engine.train import LossNotFinite, TrainingInterrupted, setup, train, train_step
 
 
 def _weights(run_dir):
@@ -45,7 +45,7 @@ def test_two_epochs_end_to_end(straight_run):
 
 def test_resume_after_an_epoch_matches_one_run(write_config, tmp_path, straight_run):
     split = f"train.output_dir={tmp_path / 'split'}"
-    train(load_config(write_config(), [split, "optim.epochs=1"]))
+    train(load_config(write_config(), [split, "train.max_steps=6"]))
     train(load_config(write_config(), [split, "train.resume=auto"]))
     expected, resumed = _weights(straight_run), _weights(tmp_path / "split")
     assert expected.keys() == resumed.keys()
@@ -56,7 +56,7 @@ def test_resume_after_an_epoch_matches_one_run(write_config, tmp_path, straight_
 
 def test_resume_removes_a_checkpoint_the_run_died_while_saving(write_config, tmp_path, straight_run):
     crashed = f"train.output_dir={tmp_path / 'crashed'}"
-    train(load_config(write_config(), [crashed, "optim.epochs=1"]))
+    train(load_config(write_config(), [crashed, "train.max_steps=6"]))
     (complete,) = checkpoint_dirs(tmp_path / "crashed")
     broken = complete.parent / "checkpoint_1"
     shutil.copytree(complete, broken)
@@ -83,7 +83,7 @@ def test_micro_batches_accumulate_and_only_the_first_updates_batchnorm_statistic
 
 def test_a_diverging_loss_names_itself_at_the_next_log(write_config):
     config = write_config(optim={"lr_backbone": 1e30, "lr_new": 1e30}, train={"log_interval": 2})
-    with pytest.raises(FloatingPointError, match=r"non-finite loss .*total.* before global step \d+"):
+    with pytest.raises(LossNotFinite, match=r"non-finite loss .*total.* before global step \d+"):
         train(load_config(config))
 
 
@@ -140,7 +140,7 @@ def test_bad_input_is_one_line_and_exit_2(write_config, capsys, sections, messag
 
 
 def test_refuses_to_overwrite_a_run_without_resume(write_config, tmp_path, capsys):
-    config = write_config(optim={"epochs": 1})
+    config = write_config(optim={"epochs": 1, "milestones": [1]})
     assert main(["train", str(config)]) == 0
     assert main(["train", str(config)]) == 2
     assert "already holds checkpoints" in capsys.readouterr().err
@@ -148,12 +148,22 @@ def test_refuses_to_overwrite_a_run_without_resume(write_config, tmp_path, capsy
 
 def test_source_only_baseline_trains_without_a_target(write_config, tmp_path):
     config = write_config(data={"target": None}, objective={"target_branch": False, "mixup": False})
-    result = train(load_config(config, ["optim.epochs=1"]))
+    result = train(load_config(config, ["optim.epochs=1", "optim.milestones=[1]"]))
     assert len(result.evaluations) == 1
     assert not (checkpoint_dirs(tmp_path / "run")[-1] / "memory.safetensors").exists()
 
 
 def test_overrides_may_follow_options(write_config, tmp_path):
-    config = write_config(optim={"epochs": 1})
+    config = write_config(optim={"epochs": 1, "milestones": [1]})
     assert main(["train", str(config), "--output-dir", str(tmp_path / "other"), "train.eval_interval=5"]) == 0
     assert json.loads((tmp_path / "other" / "metrics.json").read_text())["config"]["train"]["eval_interval"] == 5
+
+
+def test_cli_refuses_bad_counts_and_unreadable_paths_in_one_line(tmp_path, capsys):
+    assert main(["data", "synth", str(tmp_path / "w"), "--domain", "a", "--ids", "0"]) == 2
+    assert "--ids: expected a whole number >= 2, got 0" in capsys.readouterr().err
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert main(["data", "synth", str(blocker / "world"), "--domain", "a"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("reid-accel: error: ") and str(blocker) in err[0], err

@@ -10,12 +10,14 @@ module here plus one line in `BENCHMARKS`.
 
 import inspect
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from types import MappingProxyType, ModuleType
 from typing import Any
 
+from reid_accel.config import DomainConfig
 from reid_accel.data.benchmarks import cuhk03_np, dukemtmc, market1501, market_style, msmt17, synthetic
 from reid_accel.data.records import SplitStats
-from reid_accel.errors import DatasetLayoutError
+from reid_accel.errors import ConfigError, DatasetLayoutError
 
 BENCHMARKS: Mapping[str, ModuleType] = MappingProxyType(
     {
@@ -72,6 +74,30 @@ def split_options(name: str, options: Mapping[str, Any]) -> tuple[dict[str, Any]
             known = ", ".join(sorted({*prepare_options, *parse_options})) or "none"
             raise DatasetLayoutError(f"benchmark {canonical!r} has no option {key!r} (its options: {known})")
     return prepare_options, parse_options
+
+
+def check_root(name: str, root: Path) -> None:
+    """Refuse a missing folder, unless the benchmark draws its own (the synthetic worlds)."""
+    canonical, module = get_benchmark(name)
+    if not hasattr(module, "prepare") and not root.is_dir():
+        raise DatasetLayoutError(f"{root}: folder not found; expected the extracted {canonical} folder")
+
+
+def check_domain(domain: DomainConfig, key: str) -> None:
+    """A config's dataset names a known benchmark, takes its options and has its folder: checked before parsing.
+
+    Raises:
+        ConfigError: naming the key at fault, e.g. `data.target.root: /x: folder not found; ...`.
+    """
+    for field, check in (
+        ("name", lambda: get_benchmark(domain.name)),
+        ("options", lambda: split_options(domain.name, domain.options)),
+        ("root", lambda: check_root(domain.name, domain.resolved_root())),
+    ):
+        try:
+            check()
+        except DatasetLayoutError as err:
+            raise ConfigError(f"{key}.{field}: {err}") from None
 
 
 def official_stats(name: str, **options: Any) -> Mapping[str, SplitStats] | None:
