@@ -20,3 +20,11 @@ class DatasetLayoutError(ReidAccelError):
 
 class ModelLoadError(ReidAccelError):
     """A model folder, hub repo or checkpoint cannot be loaded."""
+
+
+class InputError(ReidAccelError):
+    """An image, array or box handed to the inference or export API is not what it expects."""
+
+
+class ExportError(ReidAccelError):
+    """A model cannot be exported as asked, or its exported form does not reproduce its features."""

@@ -12,7 +12,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "reid_accel"
 
 LEAVES = ("data", "modeling", "objectives", "metrics")
 LAYER = (
-    {"errors": 0, "fileio": 0, "config": 1} | dict.fromkeys(LEAVES, 2) | {"engine": 3, "hub": 3, "cli": 4, "train": 5}
+    {"errors": 0, "fileio": 0, "config": 1}
+    | dict.fromkeys(LEAVES, 2)
+    | {"engine": 3, "hub": 3, "inference": 3, "export": 3, "cli": 4, "train": 5}
 )
 
 
