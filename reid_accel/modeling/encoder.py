@@ -129,11 +129,13 @@ def _create_backbone(
             num_classes=0,
             **options,
         )
-    except TypeError as err:
-        if "output_stride" not in str(err):
+    except (TypeError, AssertionError) as err:
+        # timm refuses output_stride in one of two ways: the model takes no such argument (TypeError naming it), or
+        # it asserts that only 32 is valid (VGG, DLA, HRNet, DPN, GhostNet).
+        if "output_stride" not in options or (isinstance(err, TypeError) and "output_stride" not in str(err)):
             raise
         raise ConfigError(
-            f"last_stride=1: timm's {backbone!r} takes no output_stride, so its last stride cannot be reduced; "
+            f"last_stride=1: timm's {backbone!r} cannot reduce its last stride (no output_stride=16); "
             "use last_stride=2 to keep its own stride"
         ) from None
     except RuntimeError as err:
@@ -141,27 +143,15 @@ def _create_backbone(
         raise ModelLoadError(f"cannot build {backbone!r} from {source}: {str(err).splitlines()[0]}") from err
     if last_stride == 1 and surgery:
         set_last_stride_one(model)
-    elif last_stride == 1 and model.feature_info[-1]["reduction"] != REDUCED_OUTPUT_STRIDE:
-        raise ConfigError(
-            f"last_stride=1: timm's {backbone!r} ignored output_stride={REDUCED_OUTPUT_STRIDE} "
-            f"(final stride {model.feature_info[-1]['reduction']}); use last_stride=2"
-        )
     return model
 
 
-class ReIDEncoder(
-    nn.Module,
-    PyTorchModelHubMixin,
-    library_name="reid-accel",
-    repo_url="https://github.com/reid-accel/reid-accel",
-    license="apache-2.0",
-    tags=["person-reid", "domain-adaptation", "reid-accel"],
-    pipeline_tag="image-feature-extraction",
-):
+class ReIDEncoder(nn.Module, PyTorchModelHubMixin):
     """Person re-ID feature extractor: timm backbone -> the backbone's pooling (pre-logits) -> BNNeck.
 
     `forward` returns the BNNeck feature and `embed` its L2-normalised form, which is ranked by cosine similarity.
-    `save_pretrained` / `from_pretrained` round-trip it through a folder or the Hub; the exported config always says
+    `save_pretrained` / `push_to_hub` / `from_pretrained` round-trip it through a folder or the Hub with the
+    reid-accel card (`card.py`, whose metadata replaces the mixin's); the exported config always says
     `pretrained=False, pretrained_path=None`, so reloading builds a random backbone and loads our weights on top,
     never fetching ImageNet weights.
 

@@ -8,7 +8,7 @@ def test_a_vit_asked_for_last_stride_one_fails_in_one_line(write_config, tmp_pat
     assert main(["train", str(config)]) == 2
     error = capsys.readouterr().err.strip()
     assert error == (
-        "reid-accel: error: last_stride=1: timm's 'test_vit' takes no output_stride, so its last stride cannot be "
-        "reduced; use last_stride=2 to keep its own stride"
+        "reid-accel: error: last_stride=1: timm's 'test_vit' cannot reduce its last stride (no output_stride=16); "
+        "use last_stride=2 to keep its own stride"
     )
     assert not (tmp_path / "run" / "checkpoints").exists()

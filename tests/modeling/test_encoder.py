@@ -39,8 +39,9 @@ def test_last_stride_one_across_the_resnet_family(backbone):
 
 
 def test_last_stride_one_is_refused_where_impossible():
-    with pytest.raises(ConfigError, match="last_stride=1: timm's 'test_vit' takes no output_stride"):
-        ReIDEncoder("test_vit", input_size=(64, 32))
+    for backbone in ("test_vit", "ghostnet_100"):  # no output_stride argument; an assertion that only 32 is valid
+        with pytest.raises(ConfigError, match=f"last_stride=1: timm's '{backbone}' cannot reduce its last stride"):
+            ReIDEncoder(backbone, input_size=(64, 32))
     with pytest.raises(ConfigError, match="last_stride=1 needs a timm ResNet"):
         set_last_stride_one(timm.create_model("test_efficientnet"))
     with pytest.raises(ConfigError, match="last_stride must be 1 or 2"):
