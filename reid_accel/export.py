@@ -40,6 +40,7 @@ OUTPUT_NAME = "features"
 METADATA_FILE = "reid_accel.json"  # inside TorchScript / ExportedProgram archives
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 5e-3}  # max abs difference of L2-normalised features
 DYNAMIC_CHECK_BATCH = 3  # a dynamic-batch file is traced at batch 2 and checked at another size
+ONNX_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx")
 
 
 class EmbeddingModule(nn.Module):
@@ -112,15 +113,16 @@ def dataset_images(
 
 def _write_onnx(module: EmbeddingModule, example: Tensor, path: Path, *, dynamic: bool, metadata: dict) -> None:
     dynamic_shapes = ({0: torch.export.Dim("batch")},) if dynamic else None
-    program = torch.onnx.export(
-        module,
-        (example,),
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
-        dynamo=True,
-        dynamic_shapes=dynamic_shapes,
-        verbose=False,
-    )
+    with _quiet_loggers(ONNX_LOGGERS):
+        program = torch.onnx.export(
+            module,
+            (example,),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamo=True,
+            dynamic_shapes=dynamic_shapes,
+            verbose=False,
+        )
     program.model.metadata_props.update({key: json.dumps(value) for key, value in metadata.items()})
     program.save(path, external_data=False)
 
@@ -143,6 +145,20 @@ def _write_torchscript(module: EmbeddingModule, example: Tensor, path: Path, *, 
 def _run_torchscript(path: Path) -> Callable[[Tensor], Tensor]:
     with _torchscript_deprecation():
         return torch.jit.load(str(path))
+
+
+@contextlib.contextmanager
+def _quiet_loggers(names: tuple[str, ...]) -> Iterator[None]:
+    """Keep the exporter's graph-rewriting chatter (one INFO line per pass and initializer) out of our log."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for quiet in loggers:
+        quiet.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for quiet, level in zip(loggers, levels, strict=True):
+            quiet.setLevel(level)
 
 
 @contextlib.contextmanager
