@@ -306,7 +306,7 @@ def _embed(args: argparse.Namespace) -> int:
         flip=args.flip,
         progress=True,
     )
-    names = [str(path.relative_to(args.folder)) for path in files]
+    names = [path.relative_to(args.folder).as_posix() for path in files]
     save_embeddings(args.output, features, names, encoder=encoder, model=str(args.model))
     print(f"{len(names)} images -> ({features.shape[0]}, {features.shape[1]}) features in {args.output}")
     return 0

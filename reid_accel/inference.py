@@ -38,8 +38,10 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     """Every image below `folder` (any depth), sorted by path.
 
     Raises:
-        InputError: the folder holds no image.
+        InputError: no such folder, or it holds no image.
     """
+    if not Path(folder).is_dir():
+        raise InputError(f"{folder}: no such folder")
     files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise InputError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")

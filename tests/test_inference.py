@@ -81,6 +81,8 @@ def test_a_folder_is_embedded_in_sorted_path_order(encoder, photo, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="empty: no images"):
         list_images(tmp_path / "empty")
+    with pytest.raises(InputError, match="absent: no such folder"):
+        list_images(tmp_path / "absent")
 
 
 def test_autocast_runs_in_bfloat16_close_to_float32(encoder, photo):
