@@ -107,8 +107,9 @@ def dataset_images(
     query = load_benchmark(name, root, **(options or {}))["query"]
     height, width = encoder.input_size
     images = ReIDImageDataset(query, build_transform(height, width, mean=encoder.mean, std=encoder.std))
-    picks = sorted({round(i * (len(images) - 1) / max(count - 1, 1)) for i in range(min(count, len(images)))})
-    return torch.stack([images[i]["pixel_values"] for i in picks])
+    taken = min(count, len(images))
+    picks = [round(i * (len(images) - 1) / max(taken - 1, 1)) for i in range(taken)]  # distinct, first and last
+    return torch.stack([images[i]["pixel_values"] for i in picks])  # (taken, 3, H, W)
 
 
 def _write_onnx(module: EmbeddingModule, example: Tensor, path: Path, *, dynamic: bool, metadata: dict) -> None:
