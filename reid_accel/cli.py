@@ -6,6 +6,8 @@
     reid-accel train CONFIG [--output-dir DIR] [--resume] [key=value ...]   # train; also via accelerate launch
     reid-accel eval MODEL --dataset NAME --root ROOT [--flip] [--rerank]     # mAP / CMC of a model, pictures
     reid-accel push RUN_OR_MODEL_DIR --repo-id USER/NAME [--private]        # share a model on the Hub
+    reid-accel export MODEL --format onnx --output reid.onnx [--batch dynamic] [--half]   # for other runtimes
+    reid-accel embed MODEL FOLDER --output features.safetensors              # features of a folder of images
 
 Each sub-command is a parser built by an `_add_*` function and a handler `(args) -> int` set as the parser's
 `handler` default; handlers import what they need, so `--help` answers without loading torch. Input mistakes
@@ -28,6 +30,7 @@ from reid_accel.errors import DatasetLayoutError, ReidAccelError
 logger = logging.getLogger(__name__)
 
 LOG_FORMAT = "%(levelname)s: %(message)s"
+MODEL_HELP = "a save_pretrained folder, a run folder, a checkpoint folder or a Hub repo id"
 
 
 def _is_main_process() -> bool:
@@ -219,7 +222,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _add_eval_command(commands: argparse._SubParsersAction) -> None:
     evaluate = commands.add_parser("eval", help="rank a benchmark's query/gallery split with a trained model")
-    evaluate.add_argument("model", help="a save_pretrained folder, a run folder, a checkpoint folder or a Hub repo id")
+    evaluate.add_argument("model", help=MODEL_HELP)
     evaluate.add_argument("--dataset", required=True, help="benchmark: market1501, dukemtmc, cuhk03, msmt17, ...")
     evaluate.add_argument("--root", required=True, type=Path, help="the benchmark folder as extracted")
     evaluate.add_argument("--subset", help="cuhk03 only: labeled (default) or detected")
@@ -249,6 +252,99 @@ def _add_push_command(commands: argparse._SubParsersAction) -> None:
     push.set_defaults(handler=_push)
 
 
+def _batch_size_or_dynamic(text: str) -> int | None:
+    """argparse type of `--batch`: a positive size, or None for "dynamic"."""
+    if text == "dynamic":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive batch size or 'dynamic', got {text!r}")
+    return int(text)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from reid_accel.errors import ExportError
+    from reid_accel.export import dataset_images, export_encoder, validate_export
+    from reid_accel.hub import load_encoder
+
+    if (args.dataset is None) != (args.root is None):
+        raise ExportError("--dataset and --root go together (real images to check the exported model on)")
+    validate_export(args.format, args.output, batch=args.batch)
+    encoder = load_encoder(args.model)
+    options = {"subset": args.subset} if args.subset is not None else {}
+    images = dataset_images(encoder, args.dataset, args.root, options=options) if args.dataset else None
+    report = export_encoder(
+        encoder,
+        args.output,
+        fmt=args.format,
+        batch=args.batch,
+        half=args.half,
+        images=images,
+        tolerance=args.tolerance,
+    )
+    on_images = f", {len(images)} real images {report.image_diff:.2e}" if images is not None else ""
+    print(
+        f"max abs difference from PyTorch: random input {report.random_diff:.2e}{on_images} (tolerance {report.tolerance:.0e})"
+    )
+    print(f"wrote {report.path} and {report.metadata_path}")
+    return 0
+
+
+def _add_export_command(commands: argparse._SubParsersAction) -> None:
+    export = commands.add_parser("export", help="export a model to ONNX, TorchScript or torch.export, checked first")
+    export.add_argument("model", help=MODEL_HELP)
+    export.add_argument("--format", required=True, choices=("onnx", "torchscript", "exported-program"))
+    export.add_argument(
+        "--output", required=True, type=Path, help="file to write (.onnx, .pt, .pt2); PATH.json beside"
+    )
+    export.add_argument(
+        "--batch", type=_batch_size_or_dynamic, default=1, help="batch size the file takes, or 'dynamic' (default 1)"
+    )
+    export.add_argument("--half", action="store_true", help="float16 weights (float32 in and out)")
+    export.add_argument("--dataset", help="also check on query images of this benchmark (with --root)")
+    export.add_argument("--root", type=Path, help="the benchmark folder as extracted")
+    export.add_argument("--subset", help="cuhk03 only: labeled (default) or detected")
+    export.add_argument(
+        "--tolerance", type=float, help="largest accepted feature difference (default 1e-4, 5e-3 half)"
+    )
+    export.set_defaults(handler=_export)
+
+
+def _embed(args: argparse.Namespace) -> int:
+    import torch
+
+    from reid_accel.hub import load_encoder
+    from reid_accel.inference import embed_images, list_images, save_embeddings
+
+    files = list_images(args.folder)
+    encoder = load_encoder(args.model)
+    dtype = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
+    features = embed_images(
+        encoder,
+        files,
+        batch_size=args.batch_size,
+        device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+        autocast_dtype=dtype,
+        flip=args.flip,
+        progress=True,
+    )
+    names = [path.relative_to(args.folder).as_posix() for path in files]
+    save_embeddings(args.output, features, names, encoder=encoder, model=str(args.model))
+    print(f"{len(names)} images -> ({features.shape[0]}, {features.shape[1]}) features in {args.output}")
+    return 0
+
+
+def _add_embed_command(commands: argparse._SubParsersAction) -> None:
+    embed = commands.add_parser("embed", help="L2-normalised features of every image of a folder")
+    embed.add_argument("model", help=MODEL_HELP)
+    embed.add_argument("folder", type=Path, help="images below this folder, any depth, sorted by path")
+    embed.add_argument("--output", required=True, type=Path, help="safetensors file: features (N, D) and paths")
+    embed.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    embed.add_argument("--device", help="e.g. cuda, cuda:1, cpu (default: cuda when available)")
+    embed.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32", help="autocast")
+    embed.add_argument("--flip", action="store_true", help="add each image's mirror image's feature")
+    embed.set_defaults(handler=_embed)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `reid-accel` parser; each command group adds its sub-commands here."""
     parser = argparse.ArgumentParser(
@@ -259,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_command(commands)
     _add_eval_command(commands)
     _add_push_command(commands)
+    _add_export_command(commands)
+    _add_embed_command(commands)
     return parser
 
 

@@ -20,3 +20,17 @@ class DatasetLayoutError(ReidAccelError):
 
 class ModelLoadError(ReidAccelError):
     """A model folder, hub repo or checkpoint cannot be loaded."""
+
+
+class InputError(ReidAccelError):
+    """An image, array or box handed to the inference or export API is not what it expects."""
+
+
+class ExportError(ReidAccelError):
+    """A model cannot be exported as asked, or its exported form does not reproduce its features."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type when it has none), for one-line reports."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -14,7 +14,7 @@ LEAVES = ("data", "modeling", "objectives", "metrics")
 LAYER = (
     {"errors": 0, "fileio": 0, "seeding": 0, "config": 1}
     | dict.fromkeys(LEAVES, 2)
-    | {"engine": 3, "hub": 3, "cli": 4, "train": 5}
+    | {"engine": 3, "hub": 3, "inference": 3, "export": 3, "cli": 4, "train": 5}
 )
 
 

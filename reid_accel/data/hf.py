@@ -176,10 +176,15 @@ def dataset_stats(dataset: DatasetDict) -> dict[str, SplitStats]:
     }
 
 
-def decode_image(path: str) -> PIL.Image.Image:
-    """Decode one image as RGB with the `datasets.Image` decoder, naming the file when it cannot be read."""
+def decode_image(path: str, *, data: bytes | None = None) -> PIL.Image.Image:
+    """Decode one image as RGB with the `datasets.Image` decoder, naming the file when it cannot be read.
+
+    Args:
+        path: the image file, read when `data` is None; otherwise only named in errors.
+        data: the encoded image (PNG, JPEG, ...), as a split with embedded images stores it.
+    """
     try:
-        return FEATURES["image"].decode_example({"path": path, "bytes": None})
+        return FEATURES["image"].decode_example({"path": path, "bytes": data})
     except (OSError, ValueError, SyntaxError, PIL.Image.DecompressionBombError) as err:
         message = " ".join(str(err).split())
         raise DatasetLayoutError(f"{path}: unreadable image ({type(err).__name__}: {message})") from None
@@ -195,3 +200,23 @@ def verify_images(split: Dataset) -> int:
     for path in paths:
         decode_image(path)
     return len(paths)
+
+
+def stores_image_bytes(split: Dataset) -> bool:
+    """Whether the `image` column holds encoded images rather than paths only.
+
+    The cached benchmark tables hold paths only. A split saved with `save_to_disk` or pushed to the Hub and loaded
+    back holds the bytes, and its `path` column names files that need not exist any more: read pixels from it.
+    """
+    return any(chunk.field("bytes").null_count < len(chunk) for chunk in split.data.column("image").chunks)
+
+
+def decode_stored_image(rows: Dataset, index: int) -> PIL.Image.Image:
+    """Decode row `index`'s image from the bytes stored in its `image` cell (from its path where it has none).
+
+    Args:
+        rows: the split in Arrow format, `split.with_format("arrow")`, made once: formatting costs ~1 ms a call.
+        index: the row.
+    """
+    cell = rows[index].column("image")[0].as_py()  # {"bytes": b"..." or None, "path": "0001_c1s1_000001_00.jpg"}
+    return decode_image(cell["path"] or f"row {index}", data=cell["bytes"])

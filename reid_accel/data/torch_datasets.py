@@ -1,7 +1,8 @@
 """torch Datasets over benchmark splits: one split for embedding, and source + target for training.
 
-Images are decoded from the split's paths on demand (in the loader's workers); the pid and camid columns are
-read once, through Arrow, when the dataset is built. An image that cannot be decoded raises
+Images are decoded on demand (in the loader's workers): from the split's paths, or from the image bytes the split
+stores when it was saved with `save_to_disk` or pulled from the Hub (its paths then point nowhere). The pid and
+camid columns are read once, through Arrow, when the dataset is built. An image that cannot be decoded raises
 `DatasetLayoutError` naming its path instead of failing somewhere inside a worker.
 """
 
@@ -12,7 +13,7 @@ import PIL.Image
 import torch
 from torch.utils.data import Dataset
 
-from reid_accel.data.hf import column_values, decode_image
+from reid_accel.data.hf import column_values, decode_image, decode_stored_image, stores_image_bytes
 
 Transform = Callable[[PIL.Image.Image], torch.Tensor]
 
@@ -27,7 +28,7 @@ class ReIDImageDataset(Dataset):
     def __init__(self, split: Any, transform: Transform) -> None:
         """
         Args:
-            split: a `datasets.Dataset` with columns path, pid and camid.
+            split: a `datasets.Dataset` with columns image, path, pid and camid.
             transform: PIL image -> (3, H, W) tensor, e.g. from `build_transform`.
         """
         self.split = split
@@ -35,12 +36,17 @@ class ReIDImageDataset(Dataset):
         self.paths: list[str] = column_values(split, "path")
         self.pids: list[int] = column_values(split, "pid")
         self.camids: list[int] = column_values(split, "camid")
+        self._stored_rows = split.with_format("arrow") if stores_image_bytes(split) else None
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        pixel_values = self.transform(decode_image(self.paths[index]))
+        if self._stored_rows is not None:
+            image = decode_stored_image(self._stored_rows, index)
+        else:
+            image = decode_image(self.paths[index])
+        pixel_values = self.transform(image)
         return {"pixel_values": pixel_values, "pid": self.pids[index], "camid": self.camids[index], "index": index}
 
 

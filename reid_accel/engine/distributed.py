@@ -4,6 +4,7 @@ and a clear report when a process of the run is lost.
 
 import os
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,6 +18,9 @@ from timm.layers import convert_sync_batchnorm
 from torch import nn
 
 from reid_accel.data.layout import BatchLayout
+from reid_accel.errors import first_line
+
+DEATH_GRACE_S = 2.0  # how long a failed collective waits to see a dead process of its machine gone
 
 
 class LostProcessError(RuntimeError):
@@ -86,22 +90,24 @@ class ProcessTable:
         rows = gather_object([(socket.gethostname(), os.getpid())])
         return cls(accelerator.process_index, tuple(h for h, _ in rows), tuple(p for _, p in rows))
 
-    def dead_ranks(self) -> list[int]:
-        """Other ranks on this machine whose process has exited."""
+    def dead_ranks(self, *, wait_s: float = 0.0) -> list[int]:
+        """Other ranks on this machine whose process has exited, looking again for up to `wait_s` seconds.
+
+        A killed process closes its sockets before it is gone from the process table, so the collective that
+        notices it can fail a moment before the process shows as exited.
+        """
         host = self.hosts[self.rank]
-        return [
-            r
-            for r, (h, pid) in enumerate(zip(self.hosts, self.pids, strict=True))
-            if r != self.rank and h == host and not _alive(pid)
-        ]
+        local = [r for r, h in enumerate(self.hosts) if r != self.rank and h == host]
+        deadline = time.monotonic() + wait_s
+        while True:
+            dead = [r for r in local if not _alive(self.pids[r])]
+            if dead or time.monotonic() >= deadline:
+                return dead
+            time.sleep(0.05)
 
     def remote_ranks(self) -> list[int]:
         """Ranks on other machines, whose processes cannot be checked from here."""
         return [r for r, h in enumerate(self.hosts) if h != self.hosts[self.rank]]
-
-
-def _first_line(err: BaseException) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 def _collective_failure(err: BaseException) -> bool:
@@ -123,7 +129,7 @@ def reporting_lost_processes(table: ProcessTable, *, timeout_s: float) -> Iterat
         if len(table.pids) == 1 or isinstance(err, LostProcessError):
             raise
         world = len(table.pids)
-        if dead := table.dead_ranks():
+        if dead := table.dead_ranks(wait_s=DEATH_GRACE_S if _collective_failure(err) else 0.0):
             names = ", ".join(f"{r} (pid {table.pids[r]})" for r in dead)
             raise LostProcessError(f"rank {table.rank}: lost rank {names} of {world}: the process exited") from err
         if not _collective_failure(err):
@@ -132,5 +138,5 @@ def reporting_lost_processes(table: ProcessTable, *, timeout_s: float) -> Iterat
             names = ", ".join(f"{r} on {table.hosts[r]}" for r in remote)
             lost = f"lost contact with rank(s) {names} (connection closed or no answer within {timeout_s:g} s)"
         else:
-            lost = f"a collective operation failed while every process of this machine is alive ({_first_line(err)})"
+            lost = f"a collective operation failed while every process of this machine is alive ({first_line(err)})"
         raise LostProcessError(f"rank {table.rank}: {lost}") from err

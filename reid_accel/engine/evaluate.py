@@ -39,7 +39,7 @@ class Embeddings:
 def extract_embeddings(
     model: torch.nn.Module, loader: DataLoader, accelerator: Accelerator, *, flip: bool = False, desc: str = "embed"
 ) -> Embeddings:
-    """Run `model.embed` over a prepared loader; with `flip`, average with the horizontally flipped image.
+    """Run `model.embed` over a prepared loader; with `flip`, add the horizontally flipped image's feature.
 
     Args:
         model: the encoder (unwrapped), switched to eval mode here and restored afterwards.
@@ -56,10 +56,7 @@ def extract_embeddings(
     for batch in tqdm(loader, desc=desc, disable=not accelerator.is_local_main_process, leave=False):
         images = batch["pixel_values"]
         with accelerator.autocast():
-            features = model(images).float()  # (B, D) BNNeck output
-            if flip:
-                features = features + model(images.flip(-1)).float()
-        features = torch.nn.functional.normalize(features, dim=1)
+            features = model.embed(images, flip=flip)  # (B, D) L2-normalised BNNeck output, float32
         gathered = accelerator.gather_for_metrics((features, batch["pid"], batch["camid"]))
         chunks.append(tuple(t.cpu() for t in gathered))
     model.train(was_training)

@@ -18,7 +18,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from safetensors.torch import load_file, save_file
 
-from reid_accel.errors import ModelLoadError
+from reid_accel.errors import ModelLoadError, first_line
 from reid_accel.fileio import atomic_path, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -125,9 +125,8 @@ def load_latest_checkpoint(
             memory.load_state_dict(load_file(latest / MEMORY_FILE))  # copied into the buffers, on their device
         state = TrainState(**json.loads((latest / STATE_FILE).read_text()))
     except (OSError, ValueError, TypeError, RuntimeError) as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelLoadError(
-            f"{latest}: cannot resume (a different config, or a corrupt checkpoint): {message}"
+            f"{latest}: cannot resume (a different config, or a corrupt checkpoint): {first_line(err)}"
         ) from None
     # accelerate numbers new checkpoints from its own counter, which load_state leaves at 0.
     accelerator.project_configuration.iteration = int(latest.name.rsplit("_", 1)[1]) + 1

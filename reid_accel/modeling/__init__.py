@@ -1,7 +1,20 @@
-"""The re-ID encoder (the shared model), the cross-domain training network and the exemplar memory."""
+"""The re-ID encoder (the shared model) and its card, IBN-Net backbones, the training network and the memory.
+
+Importing this package registers the IBN-Net models with timm (`ibn.py`), so `timm.create_model("resnet50_ibn_a")`
+and `ReIDEncoder.from_pretrained` of a saved IBN model work in any process that imports reid_accel.modeling.
+"""
 
 from reid_accel.modeling.encoder import BNNeck, ReIDEncoder, set_last_stride_one
+from reid_accel.modeling.ibn import IBNResNet, InstanceBatchNorm2d
 from reid_accel.modeling.memory import ExemplarMemory
 from reid_accel.modeling.network import CrossDomainNetwork
 
-__all__ = ["BNNeck", "CrossDomainNetwork", "ExemplarMemory", "ReIDEncoder", "set_last_stride_one"]
+__all__ = [
+    "BNNeck",
+    "CrossDomainNetwork",
+    "ExemplarMemory",
+    "IBNResNet",
+    "InstanceBatchNorm2d",
+    "ReIDEncoder",
+    "set_last_stride_one",
+]

@@ -41,7 +41,7 @@ class CrossDomainNetwork(nn.Module):
             raise ValueError(f"source_neck must be one of {SOURCE_NECKS}, got {source_neck!r}")
         if not 0 < num_source <= pixel_values.shape[0]:
             raise ValueError(f"num_source must lie in [1, {pixel_values.shape[0]}], got {num_source}")
-        fmap = self.encoder.forward_features(pixel_values)  # (B, C, h, w)
+        fmap = self.encoder.forward_features(pixel_values)  # (B, ...): a CNN's (B, C, h, w) map, a ViT's tokens
         _, source = self.encoder.forward_head(fmap[:num_source], neck_batch_stats=source_neck == "batch")
         if num_source < pixel_values.shape[0]:
             _, target = self.encoder.forward_head(fmap[num_source:])

@@ -118,3 +118,16 @@ def test_a_bad_value_is_one_line_naming_the_key_before_any_work(key, write_confi
     assert "Traceback" not in err[0]
     assert not [r for r in caplog.records if r.name.startswith("reid_accel.data")], "a dataset was read"
     assert not (tmp_path / "run").exists(), "the run started"
+
+
+def test_unreachable_imagenet_weights_are_named_before_any_data_is_read(write_config, tmp_path, capsys, caplog):
+    """The tests run offline (HF_HUB_OFFLINE=1), as a machine behind a firewall would."""
+    config = write_config(model={"backbone": "resnet18.tv_in1k", "pretrained": True})
+    with caplog.at_level(logging.INFO, logger="reid_accel"):
+        assert main(["train", str(config)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err) == 1 and "cannot fetch the ImageNet weights of 'resnet18.tv_in1k' (timm/resnet18.tv_in1k)" in err[0]
+    )
+    assert "model.pretrained_path=" in err[0]
+    assert not [r for r in caplog.records if r.name.startswith("reid_accel.data")], "a dataset was read first"

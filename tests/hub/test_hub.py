@@ -1,9 +1,10 @@
 import json
 import re
 import shutil
+from pathlib import Path
 
-import PIL.Image
 import pytest
+import timm
 import torch
 import yaml
 from huggingface_hub import ModelCard
@@ -13,6 +14,7 @@ from reid_accel import hub
 from reid_accel.cli import main
 from reid_accel.errors import ModelLoadError
 from reid_accel.modeling import ReIDEncoder
+from reid_accel.modeling import encoder as encoder_module
 
 METRICS = {
     "evaluations": [
@@ -114,22 +116,72 @@ def test_model_card_metadata_parses_and_carries_the_results(run_dir):
     assert yaml.safe_load(card.content.split("---")[1])["model-index"][0]["results"]
 
 
-def test_push_sends_only_the_model_files(run_dir, monkeypatch):
-    calls = {}
-    monkeypatch.setattr(hub, "hub_create_repo", lambda repo_id, **kw: calls.setdefault("repo", (repo_id, kw)))
+@pytest.fixture
+def fake_hub(monkeypatch):
+    """Record repo creation and uploads instead of talking to the Hub; `files` maps each upload to its texts."""
+    calls = {"repos": [], "uploads": []}
+    monkeypatch.setattr(encoder_module, "hub_create_repo", lambda repo_id, **kw: calls["repos"].append((repo_id, kw)))
 
     def fake_upload(**kwargs):
-        calls["upload"] = kwargs
-        calls["files"] = sorted(p.name for p in kwargs["folder_path"].iterdir())
+        folder = Path(kwargs["folder_path"])
+        files = {p.name: p.read_bytes() for p in folder.iterdir()}
+        calls["uploads"].append({**kwargs, "files": files})
         return "https://huggingface.co/me/model/commit/abc"
 
-    monkeypatch.setattr(hub, "upload_folder", fake_upload)
+    monkeypatch.setattr(encoder_module, "upload_folder", fake_upload)
+    return calls
+
+
+def test_push_sends_only_the_model_files(run_dir, fake_hub):
     (run_dir / "checkpoints").mkdir()
     assert main(["push", str(run_dir), "--repo-id", "me/model", "--private"]) == 0
-    assert calls["repo"] == ("me/model", {"private": True, "exist_ok": True, "token": None, "repo_type": "model"})
-    assert calls["upload"]["folder_path"] == run_dir / "model"
-    assert calls["upload"]["allow_patterns"] == ["model.safetensors", "config.json", "README.md"]
+    assert fake_hub["repos"] == [
+        ("me/model", {"private": True, "exist_ok": True, "token": None, "repo_type": "model"})
+    ]
+    upload = fake_hub["uploads"][0]
+    assert upload["folder_path"] == run_dir / "model"
+    assert upload["allow_patterns"] == ["model.safetensors", "config.json", "README.md"]
     assert "43.2" in (run_dir / "model" / "README.md").read_text()
+
+
+def test_every_path_writes_the_same_card(encoder, run_dir, tmp_path, fake_hub):
+    """save_pretrained, push_to_hub and `reid-accel push` write one card: the reid-accel one, never the mixin's."""
+    encoder.save_pretrained(tmp_path / "direct", repo_id="me/model")
+    direct = (tmp_path / "direct" / "README.md").read_text()
+    assert "More Information Needed" not in direct and "@inproceedings{luo2020" in direct
+    assert "ecva.net/papers/eccv_2020/papers_ECCV/papers/123600222.pdf" in direct
+    assert 'ReIDEncoder.from_pretrained("me/model")' in direct
+
+    assert encoder.push_to_hub("me/model", private=True) == "https://huggingface.co/me/model/commit/abc"
+    pushed = fake_hub["uploads"][0]
+    assert sorted(pushed["files"]) == ["README.md", "config.json", "model.safetensors"]
+    assert pushed["files"]["README.md"].decode() == direct
+    assert fake_hub["repos"][0] == (
+        "me/model",
+        {"private": True, "exist_ok": True, "token": None, "repo_type": "model"},
+    )
+
+    (run_dir / "metrics.json").unlink()  # without a run's metrics the command's card is the same card
+    assert main(["push", str(run_dir), "--repo-id", "me/model"]) == 0
+    assert fake_hub["uploads"][1]["files"]["README.md"].decode() == direct
+
+    metrics = json.loads(json.dumps(METRICS))
+    encoder.push_to_hub("me/model", metrics=metrics)
+    card = ModelCard(fake_hub["uploads"][2]["files"]["README.md"].decode())
+    assert {r.metric_type: r.metric_value for r in card.data.eval_results}["map"] == 43.21
+
+
+def test_base_model_names_the_timm_weights_training_started_from(tmp_path):
+    weights = tmp_path / "imagenet.safetensors"
+    save_file(timm.create_model("test_resnet").state_dict(), str(weights))
+    started = ReIDEncoder("test_resnet", pretrained_path=str(weights), input_size=[64, 32])
+    started.save_pretrained(tmp_path / "started")
+    assert ModelCard.load(tmp_path / "started" / "README.md").data.base_model == "timm/test_resnet.r160_in1k"
+    assert ReIDEncoder.from_pretrained(tmp_path / "started").base_model == "timm/test_resnet.r160_in1k"
+
+    ReIDEncoder("test_resnet", input_size=[64, 32]).save_pretrained(tmp_path / "random")
+    assert "base_model" not in json.loads((tmp_path / "random" / "config.json").read_text())
+    assert ModelCard.load(tmp_path / "random" / "README.md").data.base_model is None
 
 
 def test_from_pretrained_reads_a_hub_cache_offline(encoder, tmp_path, monkeypatch):
@@ -150,23 +202,6 @@ def test_from_pretrained_reads_a_hub_cache_offline(encoder, tmp_path, monkeypatc
     assert torch.equal(loaded.embed(images), encoder.embed(images))
     with pytest.raises(ModelLoadError, match="me/absent"):
         ReIDEncoder.from_pretrained("me/absent", cache_dir=tmp_path / "cache")
-
-
-def test_embed_images_uses_the_recorded_preprocessing(encoder, tmp_path):
-    folder = tmp_path / "gallery"
-    folder.mkdir()
-    colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
-    for i, colour in enumerate(colours):
-        PIL.Image.new("RGB", (40, 90), colour).save(folder / f"{i}.png")
-    from_folder = hub.embed_images(encoder, folder)
-    from_pil = hub.embed_images(encoder, [PIL.Image.new("RGB", (40, 90), c) for c in colours], batch_size=2)
-    assert from_folder.shape == (3, 96)
-    torch.testing.assert_close(from_folder.norm(dim=1), torch.ones(3))
-    torch.testing.assert_close(from_folder, from_pil)
-    mean, std = torch.tensor(encoder.mean)[:, None, None], torch.tensor(encoder.std)[:, None, None]
-    by_hand = (torch.tensor(colours[0], dtype=torch.float32)[:, None, None] / 255 - mean) / std
-    expected = torch.nn.functional.normalize(encoder(by_hand.expand(3, 64, 32)[None]), dim=1)
-    torch.testing.assert_close(from_folder[:1], expected, atol=1e-5, rtol=1e-4)
 
 
 def test_load_encoder_accepts_every_reference(run_dir, encoder):

@@ -1,4 +1,5 @@
-"""ReIDEncoder: last-stride surgery, BNNeck, channels-last, torch.compile, local ImageNet weights, hub round trip."""
+"""ReIDEncoder on ResNets: last-stride surgery, BNNeck, channels-last, torch.compile, local ImageNet weights, hub round
+trip. Other timm families are in test_backbones.py."""
 
 import json
 
@@ -9,7 +10,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from reid_accel.errors import ConfigError, ModelLoadError
-from reid_accel.modeling import ReIDEncoder
+from reid_accel.modeling import ReIDEncoder, set_last_stride_one
 
 
 @torch.no_grad()
@@ -38,8 +39,11 @@ def test_last_stride_one_across_the_resnet_family(backbone):
 
 
 def test_last_stride_one_is_refused_where_impossible():
+    for backbone in ("test_vit", "ghostnet_100"):  # no output_stride argument; an assertion that only 32 is valid
+        with pytest.raises(ConfigError, match=f"last_stride=1: timm's '{backbone}' cannot reduce its last stride"):
+            ReIDEncoder(backbone, input_size=(64, 32))
     with pytest.raises(ConfigError, match="last_stride=1 needs a timm ResNet"):
-        ReIDEncoder("efficientnet_b0")
+        set_last_stride_one(timm.create_model("test_efficientnet"))
     with pytest.raises(ConfigError, match="last_stride must be 1 or 2"):
         ReIDEncoder("test_resnet", last_stride=4)
     with pytest.raises(ConfigError, match="not a timm model"):
@@ -140,6 +144,7 @@ def test_save_and_from_pretrained_round_trip(tmp_path, monkeypatch):
         "mean": [0.5, 0.5, 0.5],
         "std": [0.2, 0.3, 0.4],
         "feature_dim": 96,
+        "base_model": "timm/test_resnet.r160_in1k",
     }
     weights.unlink()  # reloading must not need the ImageNet file
     reloaded = ReIDEncoder.from_pretrained(tmp_path / "model")

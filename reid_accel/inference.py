@@ -1,0 +1,183 @@
+"""Embedding person images downstream: files, folders, PIL images, arrays, tensors, and crops cut from a frame.
+
+A multi-object tracker holds a frame (an OpenCV `uint8` BGR array) and its detections (x1, y1, x2, y2) and wants
+one appearance descriptor per detection:
+
+    crops = crop_boxes(frame, boxes)                                     # N views into the frame
+    features = embed_images(encoder, crops, bgr=True, device="cuda")     # (N, D), L2-normalised
+
+Every input becomes a PIL RGB image and goes through `build_transform` with the size, mean and std recorded in the
+encoder's config, then `ReIDEncoder.embed`: the pipeline evaluation uses, so features match `reid-accel eval`'s.
+"""
+
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from reid_accel.data import build_transform, decode_image
+from reid_accel.errors import InputError
+from reid_accel.fileio import atomic_path
+from reid_accel.modeling import ReIDEncoder
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+ImageLike = str | os.PathLike | PIL.Image.Image | np.ndarray | torch.Tensor
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Every image below `folder` (any depth), sorted by path.
+
+    Raises:
+        InputError: no such folder, or it holds no image.
+    """
+    if not Path(folder).is_dir():
+        raise InputError(f"{folder}: no such folder")
+    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise InputError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+    return files
+
+
+def to_pil(image: ImageLike, *, bgr: bool = False) -> PIL.Image.Image:
+    """One image as PIL RGB.
+
+    Args:
+        image: a file path; a PIL image; a `uint8` (H, W, 3) array; or a (3, H, W) tensor, `uint8` or float in
+            [0, 1] (rounded to 8 bits, as the images evaluation reads are).
+        bgr: arrays and tensors hold blue, green, red (OpenCV's order); files and PIL images are always RGB.
+
+    Raises:
+        InputError: an array or tensor of another shape or type.
+    """
+    if isinstance(image, PIL.Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, str | os.PathLike):
+        return decode_image(str(image))
+    if isinstance(image, torch.Tensor):
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise InputError(f"an image tensor must be (3, H, W), got shape {tuple(image.shape)}")
+        if image.is_floating_point():
+            image = (image.detach().clamp(0, 1) * 255).round().to(torch.uint8)
+        image = image.permute(1, 2, 0).cpu().numpy()  # (H, W, 3)
+    if not isinstance(image, np.ndarray):
+        raise InputError(f"cannot read an image from a {type(image).__name__}")
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise InputError(f"an image array must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
+    return PIL.Image.fromarray(np.ascontiguousarray(image[..., ::-1] if bgr else image))
+
+
+def _as_list(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:
+    if isinstance(images, str | os.PathLike) and Path(images).is_dir():
+        return list_images(images)
+    if isinstance(images, str | os.PathLike | PIL.Image.Image | np.ndarray | torch.Tensor):
+        return [images]
+    return list(images)
+
+
+@torch.no_grad()
+def embed_images(
+    encoder: ReIDEncoder,
+    images: ImageLike | Sequence[ImageLike],
+    *,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    bgr: bool = False,
+    flip: bool = False,
+    progress: bool = False,
+) -> torch.Tensor:
+    """L2-normalised re-ID features of person images, as evaluation computes them.
+
+    Args:
+        encoder: the model; switched to eval mode for the call and moved to `device` when one is given.
+        images: a folder (every image below it, sorted by path), one image, or a sequence of images of any kind
+            `to_pil` reads (paths, PIL images, arrays, tensors), mixed as needed.
+        batch_size: images per forward pass.
+        device: where the forward passes run; default the encoder's device.
+        autocast_dtype: `torch.float16` or `torch.bfloat16` runs the forward passes under autocast; None in float32.
+        bgr: arrays and tensors are in OpenCV's BGR order.
+        flip: add each image's mirror image's feature before normalising (as `reid-accel eval --flip`).
+        progress: show a progress bar.
+
+    Returns:
+        (N, D) float32 on `device`, rows in input order; (0, D) for no images.
+    """
+    if device is not None:
+        encoder.to(device)
+    device = next(encoder.parameters()).device
+    height, width = encoder.input_size
+    transform = build_transform(height, width, mean=encoder.mean, std=encoder.std)
+    items = _as_list(images)
+    was_training = encoder.training
+    encoder.eval()
+    features = [torch.zeros(0, encoder.feature_dim, device=device)]
+    for start in tqdm(range(0, len(items), batch_size), desc="embed", disable=not progress, leave=False):
+        batch = [transform(to_pil(item, bgr=bgr)) for item in items[start : start + batch_size]]
+        pixels = torch.stack(batch).to(device)  # (b, 3, H, W)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            features.append(encoder.embed(pixels, flip=flip))  # (b, D)
+    encoder.train(was_training)
+    return torch.cat(features)
+
+
+def crop_boxes(frame: np.ndarray, boxes: Sequence[Sequence[float]] | np.ndarray) -> list[np.ndarray]:
+    """Cut one crop per detection box out of a video frame.
+
+    A box covers the pixels it touches: corners are floored (x1, y1) and ceiled (x2, y2), then clipped to the
+    frame, so a box reaching past the border gives the part inside it.
+
+    Args:
+        frame: (H, W, 3) `uint8` image, RGB or BGR (crops keep its channel order).
+        boxes: N boxes (x1, y1, x2, y2) in pixels, e.g. a detector's (N, 4) output.
+
+    Returns:
+        N crops (h_i, w_i, 3), views into `frame`, in box order.
+
+    Raises:
+        InputError: a frame that is not (H, W, 3) `uint8`, or a box that is not four finite numbers with
+            x1 < x2 and y1 < y2 overlapping the frame.
+    """
+    if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+        shape = getattr(frame, "shape", type(frame).__name__)
+        raise InputError(f"a frame must be a uint8 (H, W, 3) array, got {getattr(frame, 'dtype', '')} {shape}")
+    height, width = frame.shape[:2]
+    crops = []
+    for index, box in enumerate(boxes):
+        values = [float(v) for v in box]
+        if len(values) != 4 or not all(math.isfinite(v) for v in values):
+            raise InputError(f"box {index} {tuple(values)}: expected four finite numbers (x1, y1, x2, y2)")
+        x1, y1, x2, y2 = values
+        if x2 <= x1 or y2 <= y1:
+            raise InputError(f"box {index} {tuple(values)} is empty: needs x1 < x2 and y1 < y2")
+        left, top = max(math.floor(x1), 0), max(math.floor(y1), 0)
+        right, bottom = min(math.ceil(x2), width), min(math.ceil(y2), height)
+        if right <= left or bottom <= top:
+            raise InputError(f"box {index} {tuple(values)} lies outside the {width}x{height} frame")
+        crops.append(frame[top:bottom, left:right])
+    return crops
+
+
+def save_embeddings(
+    output: str | os.PathLike, features: torch.Tensor, names: Sequence[str], *, encoder: ReIDEncoder, model: str
+) -> Path:
+    """Write features with their image names to a safetensors file, atomically.
+
+    The file holds `features` (N, D) float32; its metadata holds `paths` (JSON list, row order), `model` (the
+    reference the features came from) and `encoder` (the encoder's config: input size, mean, std, ...).
+    """
+    output = Path(output)
+    metadata = {"paths": json.dumps(list(names)), "model": model, "encoder": json.dumps(encoder.export_config())}
+    with atomic_path(output) as tmp:
+        save_file({"features": features.float().cpu().contiguous()}, tmp, metadata=metadata)
+    logger.info("Wrote %d features of dimension %d to %s", *features.shape, output)
+    return output
