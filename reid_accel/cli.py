@@ -123,7 +123,7 @@ def _add_data_commands(commands: argparse._SubParsersAction) -> None:
     synth = data_commands.add_parser("synth", help="draw a synthetic world in Market-1501's layout")
     synth.add_argument("root", type=Path, help="folder to write the world to")
     synth.add_argument("--domain", required=True, choices=("a", "b"), help="a: 4 cameras, mild; b: 5, harsh")
-    synth.add_argument("--seed", type=int, default=0, help="seeds people, cameras and images (default 0)")
+    synth.add_argument("--seed", type=_count(0), default=0, help="seeds people, cameras and images (default 0)")
     synth.add_argument("--ids", type=_count(2), help="training identities (default: the generator's)")
     synth.set_defaults(handler=_data_synth)
 
@@ -338,7 +338,7 @@ def _add_embed_command(commands: argparse._SubParsersAction) -> None:
     embed.add_argument("model", help=MODEL_HELP)
     embed.add_argument("folder", type=Path, help="images below this folder, any depth, sorted by path")
     embed.add_argument("--output", required=True, type=Path, help="safetensors file: features (N, D) and paths")
-    embed.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    embed.add_argument("--batch-size", type=_count(1), default=64, help="images per forward pass (default 64)")
     embed.add_argument("--device", help="e.g. cuda, cuda:1, cpu (default: cuda when available)")
     embed.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32", help="autocast")
     embed.add_argument("--flip", action="store_true", help="add each image's mirror image's feature")

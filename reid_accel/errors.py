@@ -22,6 +22,10 @@ class ModelLoadError(ReidAccelError):
     """A model folder, hub repo or checkpoint cannot be loaded."""
 
 
+class HubError(ReidAccelError):
+    """The Hugging Face Hub cannot be reached, or refuses a request (not logged in, no access, offline mode)."""
+
+
 class InputError(ReidAccelError):
     """An image, array or box handed to the inference or export API is not what it expects."""
 

@@ -32,13 +32,17 @@ from timm.models import get_pretrained_cfg, is_model_in_modules
 from timm.models.resnet import BasicBlock, Bottleneck
 from torch import Tensor, nn
 
-from reid_accel.errors import ConfigError, ModelLoadError, first_line
+from reid_accel.errors import ConfigError, HubError, ModelLoadError, first_line
 from reid_accel.fileio import atomic_path, write_text_atomic
 from reid_accel.modeling import ibn
 from reid_accel.modeling.batchnorm import running_stats_frozen
 from reid_accel.modeling.card import model_card
 
 logger = logging.getLogger(__name__)
+
+# What a Hub request raises when the Hub is unreachable or refuses: OS errors (offline mode, no token) and the HTTP
+# client's errors, whose base class huggingface_hub's own HTTP error extends.
+HUB_REQUEST_ERRORS = (OSError, *HfHubHTTPError.__bases__)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -418,14 +422,24 @@ def upload_model_folder(
     revision: str | None = None,
     token: str | None = None,
 ) -> str:
-    """Create the Hub model repo if needed and upload a model folder's three files; returns the commit URL."""
-    hub_create_repo(repo_id, private=private, exist_ok=True, token=token, repo_type="model")
-    info = upload_folder(
-        repo_id=repo_id,
-        folder_path=folder,
-        allow_patterns=list(MODEL_FILES),
-        revision=revision,
-        token=token,
-        commit_message="Upload reid-accel model",
-    )
+    """Create the Hub model repo if needed and upload a model folder's three files; returns the commit URL.
+
+    Raises:
+        HubError: the Hub cannot be reached or refuses (offline mode, no token, no write access).
+    """
+    try:
+        hub_create_repo(repo_id, private=private, exist_ok=True, token=token, repo_type="model")
+        info = upload_folder(
+            repo_id=repo_id,
+            folder_path=folder,
+            allow_patterns=list(MODEL_FILES),
+            revision=revision,
+            token=token,
+            commit_message="Upload reid-accel model",
+        )
+    except HUB_REQUEST_ERRORS as err:
+        raise HubError(
+            f"cannot push to {repo_id} on the Hugging Face Hub ({first_line(err)}); check the connection and "
+            "log in with `hf auth login` or HF_TOKEN"
+        ) from None
     return str(getattr(info, "commit_url", info))

@@ -210,3 +210,11 @@ def test_load_encoder_accepts_every_reference(run_dir, encoder):
         assert torch.equal(hub.load_encoder(reference).embed(images), encoder.embed(images))
     with pytest.raises(ModelLoadError, match="no such model folder"):
         hub.load_encoder(run_dir / "nothing")
+
+
+def test_push_without_a_reachable_hub_is_one_line(run_dir, capsys):
+    """The tests run with HF_HUB_OFFLINE=1, as a machine without network or login would fail."""
+    assert main(["push", str(run_dir), "--repo-id", "someone/cail-model"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("reid-accel: error: cannot push to someone/cail-model"), err
+    assert "hf auth login" in err[0]
