@@ -142,6 +142,8 @@ class TrainConfig:
     `max_steps` stops after that many optimizer steps (then evaluates, saves and exports), for smoke runs.
     `collective_timeout_s` bounds how long a process waits for the others before it reports them lost.
     `save_on_each_node` writes checkpoints on every machine, for clusters without a shared filesystem.
+    `neighbour_diagnostics` logs how right the target's neighbour sets are, from the identities its folder carries
+    (used for logging only, never for training).
     """
 
     seed: int = 0
@@ -154,6 +156,7 @@ class TrainConfig:
     resume: str = "no"
     log_with: str = "auto"
     log_interval: int = 20
+    neighbour_diagnostics: bool = True
     deterministic: bool = False
     collective_timeout_s: float = 600.0
     save_on_each_node: bool = False

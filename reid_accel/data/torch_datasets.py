@@ -81,6 +81,8 @@ class CrossDomainDataset(Dataset):
         self._labels = {pid: label for label, pid in enumerate(self.source_pids)}
         camids = self._target.camids if self._target is not None else []
         self.target_camids = torch.tensor(camids, dtype=torch.long)  # (N_target,) camera of each memory slot
+        # (N_target,) true identity of each memory slot: training never sees it, diagnostics compare against it
+        self.target_pids = torch.tensor(self._target.pids if self._target is not None else [], dtype=torch.long)
         self.num_target_cameras = int(self.target_camids.max()) + 1 if camids else 0
 
     @property

@@ -50,12 +50,13 @@ from reid_accel.engine.distributed import (
     share_main_process_buffers,
 )
 from reid_accel.engine.evaluate import evaluate_retrieval
-from reid_accel.engine.report import RunRecorder, environment_info
+from reid_accel.engine.report import RunRecorder, describe_neighbours, environment_info
 from reid_accel.engine.state import TrainState, checkpoint_dirs, load_latest_checkpoint, save_checkpoint
 from reid_accel.errors import ConfigError, ReidAccelError
 from reid_accel.modeling import CrossDomainNetwork, ExemplarMemory, ReIDEncoder
 from reid_accel.modeling.batchnorm import running_stats_frozen
 from reid_accel.objectives import (
+    NEIGHBOUR_PREFIX,
     CAILObjective,
     learning_rate_factor,
     memory_momentum,
@@ -98,6 +99,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     objective: CAILObjective
     memory: ExemplarMemory | None  # None exactly when `layout.two_domains` is False
+    memory_pids: torch.Tensor | None  # (N,) true identities of the slots, for neighbour diagnostics only
     augmentation: BatchAugmentation
     sampler: CrossDomainBatchSampler
     train_loader: DataLoader
@@ -285,6 +287,9 @@ def setup(cfg: ExperimentConfig) -> Run:
         optimizer=optimizer,
         objective=build_objective(cfg, two_domains=two_domains),
         memory=memory,
+        memory_pids=train_set.target_pids.to(accelerator.device)
+        if two_domains and cfg.train.neighbour_diagnostics
+        else None,
         augmentation=augmentation,
         sampler=sampler,
         train_loader=train_loader,
@@ -334,6 +339,7 @@ def _micro_batch_loss(
             "target_slots": batch["index"][num_source:],
             "memory_features": run.memory.features,
             "memory_camids": run.memory.camids,
+            "memory_pids": run.memory_pids,
         }
     loss, components = run.objective(
         epoch=epoch,
@@ -405,7 +411,7 @@ class LossMeter:
         """The means since the last read, averaged over processes; a non-finite one names itself and `where`."""
         if not self.count:
             return {}
-        names = sorted(self.sums)
+        names = list(self.sums)  # the same order on every process: the same code adds them
         stacked = accelerator.reduce(torch.stack([self.sums[n] for n in names]) / self.count, reduction="mean")
         means = dict(zip(names, stacked.tolist(), strict=True))
         self.sums, self.count = {}, 0
@@ -486,9 +492,11 @@ def end_epoch(run: Run, recorder: RunRecorder, epoch: int, losses: LossMeter, co
     logger.info(
         "epoch %d: %s, lr %.4g",
         epoch,
-        ", ".join(f"{k} {v:.4f}" for k, v in averages.items()),
+        ", ".join(f"{k} {v:.4f}" for k, v in averages.items() if not k.startswith(NEIGHBOUR_PREFIX)),
         run.optimizer.param_groups[0]["lr"],
     )
+    if (neighbours := describe_neighbours(averages)) is not None:
+        logger.info("epoch %d neighbours: %s", epoch, neighbours)
     if accelerator.is_main_process:
         recorder.record_epoch(epoch, averages)
     last = epoch == cfg.optim.epochs or run.finished

@@ -10,8 +10,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from reid_accel.objectives.mixup import mixup_virtual_class_loss
-from reid_accel.objectives.neighbourhood import camera_agnostic_neighborhood_loss, camera_aware_neighborhood_loss
+from reid_accel.objectives.neighbourhood import (
+    camera_agnostic_neighborhood_loss,
+    camera_aware_neighborhood_loss,
+    neighbour_statistics,
+)
 from reid_accel.objectives.schedule import mixup_active, target_loss_weights
+
+NEIGHBOUR_PREFIX = "neighbours/"
+"""Components whose name starts with this are neighbour-set diagnostics, not losses."""
 
 
 class CAILObjective:
@@ -97,6 +104,7 @@ class CAILObjective:
         target_slots: Tensor | None = None,
         memory_features: Tensor | None = None,
         memory_camids: Tensor | None = None,
+        memory_pids: Tensor | None = None,
         lam: float | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Total loss of one step and its parts.
@@ -116,11 +124,14 @@ class CAILObjective:
             target_slots: (B_t,) memory slot of each target image.
             memory_features: (N, D) exemplar memory, before this step's update.
             memory_camids: (N,) camera of each memory slot.
+            memory_pids: (N,) true identity of each memory slot, when known: adds the `neighbour_statistics` of the
+                step's neighbour sets as `neighbours/<name>` (diagnostics; identities never enter a loss).
             lam: mixing weight when the source half was mixed (`mix_pixels`); None for plain cross-entropy.
 
         Returns:
             `(total, components)`: the scalar loss to backpropagate, and detached scalars `source_ce` or `mixup`,
-            the unweighted target losses `intra` and `inter` (or `agnostic`), `total` and `source_accuracy`.
+            the unweighted target losses `intra` and `inter` (or `agnostic`), `total`, `source_accuracy`, and with
+            `memory_pids` the `neighbours/...` diagnostics (`all_...` in the camera-agnostic mode).
         """
         components: dict[str, Tensor] = {}
         with torch.autocast(device_type=source_logits.device.type, enabled=False):
@@ -148,7 +159,8 @@ class CAILObjective:
                     raise ValueError(f"the target branch needs {', '.join(missing)}")
                 weights = self.target_weights(epoch)
                 with torch.set_grad_enabled(torch.is_grad_enabled() and any(w != 0 for w in weights.values())):
-                    losses = self._target_losses(**target)
+                    losses, diagnostics = self._target_losses(**target, memory_pids=memory_pids)
+                components.update(diagnostics)
                 for name, loss in losses.items():
                     components[name] = loss
                     if weights[name] != 0:
@@ -165,13 +177,23 @@ class CAILObjective:
         target_slots: Tensor,
         memory_features: Tensor,
         memory_camids: Tensor,
-    ) -> dict[str, Tensor]:
-        """Unweighted target losses against the memory (no gradient into the memory)."""
+        memory_pids: Tensor | None,
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Unweighted target losses against the memory (no gradient into the memory), and neighbour diagnostics."""
         features = F.normalize(target_features.float(), dim=1)  # (B_t, D)
         sim = features @ memory_features.detach().float().T  # (B_t, N)
+        if self.neighbor_mode == 0:  # the camera-agnostic ablation: one group holding every slot
+            target_camids, memory_camids = torch.zeros_like(target_camids), torch.zeros_like(memory_camids)
+        diagnostics = {}
+        if memory_pids is not None:
+            stats = neighbour_statistics(sim, target_camids, memory_camids, target_slots, memory_pids, eps=self.eps)
+            if self.neighbor_mode == 0:
+                stats = {name.replace("intra_", "all_"): v for name, v in stats.items() if name.startswith("intra_")}
+            diagnostics = {f"{NEIGHBOUR_PREFIX}{name}": value for name, value in stats.items()}
         if self.neighbor_mode == 1:
             intra, inter = camera_aware_neighborhood_loss(
                 sim, target_camids, memory_camids, target_slots, scale=self.scale, eps=self.eps
             )
-            return {"intra": intra, "inter": inter}
-        return {"agnostic": camera_agnostic_neighborhood_loss(sim, target_slots, scale=self.scale, eps=self.eps)}
+            return {"intra": intra, "inter": inter}, diagnostics
+        agnostic = camera_agnostic_neighborhood_loss(sim, target_slots, scale=self.scale, eps=self.eps)
+        return {"agnostic": agnostic}, diagnostics

@@ -47,30 +47,11 @@ class _NeighbourhoodNLL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, sim, camids, memory_camids, slots, scale, eps, min_log_prob):
-        batch, num_slots = sim.shape
-        num_cameras = int(torch.maximum(memory_camids.max(), camids.max())) + 1
+        batch = sim.shape[0]
         rows = torch.arange(batch, device=sim.device)
-        cam_index = memory_camids.expand(batch, num_slots)  # (B, N), a view: no copy
-        own_camera = torch.arange(num_cameras, device=sim.device) == camids[:, None]  # (B, C)
-
-        # Best non-self cosine per (row, camera), then per (row, group).
-        non_self = sim.clone()
-        non_self[rows, slots] = -math.inf
-        camera_best = sim.new_full((batch, num_cameras), -math.inf)
-        camera_best.scatter_reduce_(1, cam_index, non_self, "amax")  # (B, C)
-        best = torch.stack(
-            [camera_best[rows, camids], camera_best.masked_fill(own_camera, -math.inf).amax(1)], dim=1
-        )  # (B, 2)
-
-        # Neighbours. A group whose best cosine is <= 0 has none (no cosine can exceed eps * best <= best), so the
-        # dense pass only compares against one threshold per row, and the exact group test runs on the few survivors.
-        threshold = eps * best  # (B, 2)
-        row_threshold = torch.where(best > 0, threshold, math.inf).amin(1, keepdim=True)  # (B, 1)
-        nb_rows, nb_slots = (non_self > row_threshold).nonzero(as_tuple=True)  # (K,), (K,)
-        nb_group = (memory_camids[nb_slots] != camids[nb_rows]).long()  # (K,) INTRA or INTER
-        nb_sim = sim[nb_rows, nb_slots]
-        keep = nb_sim > threshold[nb_rows, nb_group]
-        nb_rows, nb_slots, nb_group, nb_sim = nb_rows[keep], nb_slots[keep], nb_group[keep], nb_sim[keep]
+        non_self, best, own_camera, (nb_rows, nb_slots, nb_group, nb_sim) = _neighbours(
+            sim, camids, memory_camids, slots, eps=eps
+        )
 
         # Group softmaxes, shifted by each group's maximum: exp never overflows and each group sums to >= 1. The
         # exponentials go into the `non_self` buffer, no longer needed: the pass allocates one (B, N) float buffer,
@@ -80,7 +61,7 @@ class _NeighbourhoodNLL(torch.autograd.Function):
         shift = torch.where(torch.isfinite(shift), shift, 0.0)  # an empty group: any finite shift
         camera_shift = torch.where(own_camera, shift[:, INTRA, None], shift[:, INTER, None])  # (B, C)
         exp_logits = _exp_of_scaled(sim, -scale * camera_shift, memory_camids, scale=scale, out=non_self)  # (B, N)
-        camera_sum = sim.new_zeros(batch, num_cameras).index_add_(1, memory_camids, exp_logits)  # (B, C)
+        camera_sum = sim.new_zeros(own_camera.shape).index_add_(1, memory_camids, exp_logits)  # (B, C)
         group_sum = torch.stack(
             [camera_sum[rows, camids], camera_sum.masked_fill(own_camera, 0.0).sum(1)], dim=1
         )  # (B, 2)
@@ -141,6 +122,97 @@ class _NeighbourhoodNLL(torch.autograd.Function):
         grad_sim.index_put_((nb_rows, nb_slots), nb_coef * scale, accumulate=True)
         grad_sim.index_put_((rows, slots), self_coef * scale, accumulate=True)
         return grad_sim, None, None, None, None, None, None
+
+
+def _neighbours(
+    sim: Tensor, camids: Tensor, memory_camids: Tensor, slots: Tensor, *, eps: float
+) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """The neighbour sets of each row, in both groups (INTRA: its own camera, INTER: the others).
+
+    Returns:
+        `non_self` (B, N), `sim` with each row's own slot at -inf (a buffer the caller may reuse); `best` (B, 2), the
+        best non-self cosine per group; `own_camera` (B, C), each row's camera as a mask; and the neighbours as
+        parallel (K,) tensors: row, slot, group and cosine.
+    """
+    batch, num_slots = sim.shape
+    num_cameras = int(torch.maximum(memory_camids.max(), camids.max())) + 1
+    rows = torch.arange(batch, device=sim.device)
+    cam_index = memory_camids.expand(batch, num_slots)  # (B, N), a view: no copy
+    own_camera = torch.arange(num_cameras, device=sim.device) == camids[:, None]  # (B, C)
+
+    # Best non-self cosine per (row, camera), then per (row, group).
+    non_self = sim.clone()
+    non_self[rows, slots] = -math.inf
+    camera_best = sim.new_full((batch, num_cameras), -math.inf)
+    camera_best.scatter_reduce_(1, cam_index, non_self, "amax")  # (B, C)
+    best = torch.stack(
+        [camera_best[rows, camids], camera_best.masked_fill(own_camera, -math.inf).amax(1)], dim=1
+    )  # (B, 2)
+
+    # A group whose best cosine is <= 0 has no neighbour (no cosine can exceed eps * best <= best), so the dense pass
+    # only compares against one threshold per row, and the exact group test runs on the few survivors.
+    threshold = eps * best  # (B, 2)
+    row_threshold = torch.where(best > 0, threshold, math.inf).amin(1, keepdim=True)  # (B, 1)
+    nb_rows, nb_slots = (non_self > row_threshold).nonzero(as_tuple=True)  # (K,), (K,)
+    nb_group = (memory_camids[nb_slots] != camids[nb_rows]).long()  # (K,) INTRA or INTER
+    nb_sim = sim[nb_rows, nb_slots]
+    keep = nb_sim > threshold[nb_rows, nb_group]
+    return non_self, best, own_camera, (nb_rows[keep], nb_slots[keep], nb_group[keep], nb_sim[keep])
+
+
+@torch.no_grad()
+def neighbour_statistics(
+    sim: Tensor, camids: Tensor, memory_camids: Tensor, slots: Tensor, memory_pids: Tensor, *, eps: float
+) -> dict[str, Tensor]:
+    """How right the camera-aware neighbour sets are, for a target whose identities are known.
+
+    A diagnostic of training (the identities never enter a loss): whether the neighbours the losses pull towards
+    are the same person, how many there are, and how many of a person's images they find, per group.
+
+    Args:
+        sim: (B_t, N) cosine similarities, as given to `camera_aware_neighborhood_loss`.
+        camids: (B_t,) camera of each row.
+        memory_camids: (N,) camera of each slot.
+        slots: (B_t,) memory slot of each row.
+        memory_pids: (N,) true identity of each slot.
+        eps: the neighbour ratio the loss uses.
+
+    Returns:
+        Scalars, for g in intra and inter: `{g}_precision`, the share of a row's neighbours that are its identity
+        (mean over rows with neighbours); `{g}_recall`, the share of the row's other images of its identity in the
+        group that are neighbours (mean over rows that have such images); `{g}_neighbours`, neighbours per row;
+        `{g}_empty`, the share of rows without a neighbour.
+    """
+    sim = _as_float(sim)
+    batch = sim.shape[0]
+    rows = torch.arange(batch, device=sim.device)
+    _, _, own_camera, (nb_rows, nb_slots, nb_group, _) = _neighbours(sim, camids, memory_camids, slots, eps=eps)
+    row_pids = memory_pids[slots]  # (B,)
+    flat = nb_rows * 2 + nb_group  # (K,) index into a flattened (B, 2) table
+    right = (memory_pids[nb_slots] == row_pids[nb_rows]).float()  # (K,)
+    count = sim.new_zeros(batch * 2).index_add_(0, flat, torch.ones_like(right)).view(batch, 2)
+    correct = sim.new_zeros(batch * 2).index_add_(0, flat, right).view(batch, 2)
+    same = (memory_pids == row_pids[:, None]).float()  # (B, N)
+    same[rows, slots] = 0.0
+    camera_same = sim.new_zeros(batch, own_camera.shape[1]).index_add_(1, memory_camids, same)  # (B, C)
+    intra_same = camera_same[rows, camids]
+    truth = torch.stack([intra_same, camera_same.sum(1) - intra_same], dim=1)  # (B, 2) other images of the row's pid
+
+    def mean_where(values: Tensor, valid: Tensor) -> Tensor:  # (B, 2) -> (2,), over valid rows; 0 when none
+        return (values * valid).sum(0) / valid.sum(0).clamp_min(1)
+
+    has = (count > 0).float()
+    stats = {
+        "precision": mean_where(correct / count.clamp_min(1), has),
+        "recall": mean_where(correct / truth.clamp_min(1), (truth > 0).float()),
+        "neighbours": count.mean(0),
+        "empty": 1.0 - has.mean(0),
+    }
+    return {
+        f"{group}_{name}": values[index]
+        for name, values in stats.items()
+        for index, group in ((INTRA, "intra"), (INTER, "inter"))
+    }
 
 
 def _exp_of_scaled(sim: Tensor, camera_offset: Tensor, memory_camids: Tensor, *, scale: float, out: Tensor) -> Tensor:

@@ -79,6 +79,7 @@ BAD_VALUES = {
     "train.resume": "maybe",
     "train.log_with": "wandb",
     "train.log_interval": "0",
+    "train.neighbour_diagnostics": "3",
     "train.deterministic": "3",
     "train.collective_timeout_s": "0",
     "train.save_on_each_node": "3",

@@ -39,6 +39,7 @@ def test_two_epochs_end_to_end(straight_run):
     assert torch.allclose(memory.norm(dim=1), torch.ones(len(memory)), atol=1e-5), "every slot written in epoch 1"
     history = json.loads((run / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2] and {"intra", "inter", "total"} <= set(history[1])
+    assert 0 <= history[1]["neighbours/intra_precision"] <= 1 and history[1]["neighbours/inter_neighbours"] >= 0
     assert (run / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "epoch 2" in (run / "train.log").read_text()
 

@@ -140,3 +140,16 @@ def test_missing_target_inputs_are_named():
         published()(epoch=11, **inputs)
     with pytest.raises(ValueError, match="neighbor_mode"):
         CAILObjective(**{**vars(published()), "neighbor_mode": 3})
+
+
+def test_known_identities_add_neighbour_diagnostics_without_changing_the_loss():
+    inputs = make_inputs()
+    pids = torch.arange(NUM_SLOTS) // 4
+    plain, _ = published()(epoch=11, **inputs)
+    total, parts = published()(epoch=11, memory_pids=pids, **inputs)
+    torch.testing.assert_close(total, plain)
+    assert {"neighbours/intra_precision", "neighbours/inter_recall", "neighbours/inter_empty"} <= set(parts)
+    _, agnostic = published(neighbor_mode=0)(epoch=11, memory_pids=pids, **inputs)
+    assert {k for k in agnostic if k.startswith("neighbours/")} == {
+        f"neighbours/all_{name}" for name in ("precision", "recall", "neighbours", "empty")
+    }

@@ -6,7 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reid_accel.objectives import camera_agnostic_neighborhood_loss, camera_aware_neighborhood_loss
+from reid_accel.objectives import (
+    camera_agnostic_neighborhood_loss,
+    camera_aware_neighborhood_loss,
+    neighbour_statistics,
+)
 
 
 def reference_losses(sim, camids, memory_camids, slots, *, scale, eps, camera_aware=True):
@@ -196,3 +200,30 @@ def test_bad_numbers_are_rejected(scale, eps):
     sim, camids, memory_camids, slots = random_problem(0)
     with pytest.raises(ValueError, match="scale|eps"):
         camera_aware_neighborhood_loss(sim, camids, memory_camids, slots, scale=scale, eps=eps)
+
+
+def test_neighbour_statistics_by_hand():
+    """Three rows against six slots (cameras 0 0 0 1 1 1, identities 7 7 8 7 8 8), eps 0.8."""
+    memory_camids, memory_pids = torch.tensor([0, 0, 0, 1, 1, 1]), torch.tensor([7, 7, 8, 7, 8, 8])
+    slots = torch.tensor([0, 5, 2])
+    sim = torch.tensor(
+        [
+            [1.0, 0.9, 0.5, 0.95, 0.85, 0.1],  # intra {1}: right; inter {3, 4}: one right
+            [0.2, 0.1, 0.3, 0.6, 0.7, 1.0],  # intra {3, 4}: one right; inter {2}: right
+            [0.3, 0.2, 1.0, -0.1, -0.2, -0.3],  # intra {0}: wrong, no other 8 in camera 0; inter: best <= 0, none
+        ]
+    )
+    stats = neighbour_statistics(sim, memory_camids[slots], memory_camids, slots, memory_pids, eps=0.8)
+    expected = {
+        "intra_precision": (1 + 0.5 + 0) / 3,
+        "inter_precision": (0.5 + 1) / 2,
+        "intra_recall": (1 + 1) / 2,  # the third row has no other image of its identity in its camera
+        "inter_recall": (1 + 1 + 0) / 3,
+        "intra_neighbours": 4 / 3,
+        "inter_neighbours": 1.0,
+        "intra_empty": 0.0,
+        "inter_empty": 1 / 3,
+    }
+    assert stats.keys() == expected.keys()
+    for name, value in expected.items():
+        assert stats[name].item() == pytest.approx(value), name
