@@ -21,6 +21,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -360,15 +361,57 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+BUSY_CORES = 0.5  # other work keeping this much of the machine's cores busy means the cores are shared
+
+
+def _busy_cores(window_s: float = 0.2) -> float | None:
+    """Cores kept busy by other processes right now, from two reads of /proc/stat (None where there is none).
+
+    Not the load average, which lags a minute behind: just after an install or another job it still reads busy.
+    """
+
+    def read() -> tuple[int, int]:
+        with open("/proc/stat") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields[:8]) - idle, sum(fields[:8])
+
+    try:
+        busy_before, total_before = read()
+        time.sleep(window_s)
+        busy_after, total_after = read()
+    except (OSError, ValueError, IndexError):
+        return None
+    elapsed = max(total_after - total_before, 1)
+    return (busy_after - busy_before) / elapsed * (os.cpu_count() or 1)
+
+
+def _choose_openmp_wait_policy() -> str | None:
+    """Let idle OpenMP threads sleep (`OMP_WAIT_POLICY=PASSIVE`) when other work already runs on the machine.
+
+    Spinning threads make a step a third faster on idle cores, but when another job holds a core every parallel
+    operation waits for a descheduled thread and training slows 1.5-3x (BENCHMARKS.md). So the choice follows what
+    the cores are doing when the command starts; it must be made before torch is imported (the handlers import it),
+    and a policy set by the user is kept. Returns what was decided, for the log.
+    """
+    if "OMP_WAIT_POLICY" in os.environ:
+        return None
+    busy = _busy_cores()
+    if busy is None:
+        return None
+    if busy > BUSY_CORES:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        return f"idle threads sleep ({busy:.1f} cores busy with other work)"
+    return f"idle threads spin briefly (the cores are free: {busy:.1f} busy)"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit status (2 for bad input, with one line on stderr).
 
     Args:
         argv: the arguments after the program name; default `sys.argv[1:]`.
     """
-    # Idle OpenMP threads sleep instead of spinning, so loader workers or another job on the same cores do not
-    # slow training several-fold. Must be set before torch is imported (the handlers import it); users may override.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    wait_policy = _choose_openmp_wait_policy()
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)
@@ -380,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:  # argparse exits 2 on bad arguments, 0 after --help
         return exit_.code if isinstance(exit_.code, int) else 0
     logging.basicConfig(level=logging.INFO if _is_main_process() else logging.WARNING, format=LOG_FORMAT)
+    if wait_policy is not None:
+        logger.info("OpenMP: %s", wait_policy)
     try:
         return args.handler(args)
     except ReidAccelError as err:

@@ -1,10 +1,12 @@
-"""Ablation of the method on the synthetic world: which component buys how much target mAP.
+"""Ablation of the method on the synthetic world: what each part buys, with its uncertainty over training seeds.
 
-    python scripts/ablation.py --seeds 0 1 2 --jobs 2 --output-dir runs/ablation
+    python scripts/ablation.py --config configs/synthetic_full.yaml --seeds 0 1 2 --jobs 2 --output-dir runs/ablation
 
-Trains each variant below once per seed with `reid-accel train` (the demo's config plus overrides), reads the
-final evaluation from each run's metrics.json, and prints a markdown table of mean and standard deviation.
-With `--jobs 2` two runs share the machine, one thread each.
+Trains every variant below once per seed with `reid-accel train CONFIG train.seed=S <overrides>` and reads the final
+evaluation from each run's metrics.json. A finished run is not trained again (delete its folder to redo it). Writes
+`ablation.json` (every run, then per variant and per part: mean, standard deviation and a 95 % t-interval) and
+prints the markdown rows for the README. A part's effect is measured on paired runs: the same seed with and
+without it, so the seed-to-seed spread of the world's difficulty cancels out.
 """
 
 import argparse
@@ -16,41 +18,63 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-DEMO = "configs/synthetic.yaml"
-# name -> (what the row means, config, overrides)
+# name -> (what the row means, overrides of the config, which is the full method)
 VARIANTS = {
-    "source_only": ("source only", "configs/synthetic_source_only.yaml", []),
-    "agnostic": ("camera-agnostic neighbourhood", DEMO, ["objective.neighbor_mode=0"]),
-    "intra": ("camera-aware, intra only (the demo)", DEMO, []),
-    "intra_inter": ("camera-aware, intra + inter", DEMO, ["objective.inter_weight=0.5"]),
-    "mixup": ("camera-aware, intra + inter + mixup", DEMO, ["objective.inter_weight=0.5", "objective.mixup=true"]),
+    "source_only": ("source only (no target branch)", ["objective.target_branch=false"]),
+    "agnostic": ("camera-agnostic neighbourhood", ["objective.neighbor_mode=0", "objective.mixup=false"]),
+    "intra": ("camera-aware, intra-camera term", ["objective.inter_weight=0", "objective.mixup=false"]),
+    "intra_inter": ("camera-aware, intra + inter-camera terms", ["objective.mixup=false"]),
+    "full": ("camera-aware, intra + inter + cross-domain mixup (the full method)", []),
 }
+# part -> (variant without it, variant with it)
+PARTS = {
+    "camera-aware intra-camera term (vs source only)": ("source_only", "intra"),
+    "camera-aware vs camera-agnostic neighbourhood": ("agnostic", "intra"),
+    "inter-camera term": ("intra", "intra_inter"),
+    "cross-domain mixup": ("intra_inter", "full"),
+}
+# Two-sided 95 % quantiles of Student's t by degrees of freedom; beyond the table the normal 1.96.
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 
-def run(name: str, seed: int, output_dir: Path, threads: int) -> dict:
-    _, config, overrides = VARIANTS[name]
+def summary(values: list[float]) -> dict[str, float]:
+    """Mean, sample standard deviation and the 95 % t-interval of the mean."""
+    mean = statistics.mean(values)
+    sd = statistics.stdev(values) if len(values) > 1 else float("nan")
+    half = T_975.get(len(values) - 1, 1.96) * sd / len(values) ** 0.5
+    return {"mean": mean, "sd": sd, "low": mean - half, "high": mean + half, "n": len(values)}
+
+
+def train(config: str, name: str, seed: int, output_dir: Path, threads: int) -> dict:
     folder = output_dir / f"{name}-seed{seed}"
-    command = [
-        sys.executable,
-        "-m",
-        "reid_accel.cli",
-        "train",
-        config,
-        "--output-dir",
-        str(folder),
-        f"train.seed={seed}",
-        *overrides,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    done = subprocess.run([*command, "train.log_with=none"], env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.exit(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
-    final = json.loads((folder / "metrics.json").read_text())["evaluations"][-1]
-    return {"variant": name, "seed": seed, "mAP": final["mAP"], "rank1": final["rank1"], "command": " ".join(command)}
+    command = [sys.executable, "-m", "reid_accel.cli", "train", config, "--output-dir", str(folder)]
+    command += [f"train.seed={seed}", "train.log_with=none", *VARIANTS[name][1]]
+    metrics = folder / "metrics.json"
+    done = json.loads(metrics.read_text())["evaluations"] if metrics.is_file() else []
+    if not (folder / "model" / "model.safetensors").is_file():
+        run = subprocess.run(
+            command, env={**os.environ, "OMP_NUM_THREADS": str(threads)}, capture_output=True, text=True
+        )
+        if run.returncode != 0:
+            sys.exit(f"{' '.join(command)} failed:\n{run.stderr[-2000:]}")
+        done = json.loads(metrics.read_text())["evaluations"]
+    final = done[-1]
+    return {
+        "variant": name,
+        "seed": seed,
+        "mAP": 100 * final["mAP"],
+        "rank1": 100 * final["rank1"],
+        "command": " ".join(command),
+    }
+
+
+def _cell(stats: dict[str, float]) -> str:
+    return f"{stats['mean']:.1f} ± {stats['sd']:.1f} [{stats['low']:.1f}, {stats['high']:.1f}]"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/synthetic_full.yaml", help="the full method's config")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (each gets cores // jobs threads)")
     parser.add_argument("--output-dir", type=Path, default=Path("runs/ablation"))
@@ -59,19 +83,30 @@ def main() -> None:
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     tasks = [(name, seed) for name in args.variants for seed in args.seeds]
     with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(lambda task: run(*task, args.output_dir, threads), tasks))
+        runs = list(pool.map(lambda task: train(args.config, *task, args.output_dir, threads), tasks))
+
+    def values(name: str, key: str) -> dict[int, float]:
+        return {r["seed"]: r[key] for r in runs if r["variant"] == name}
+
+    variants = {
+        name: {key: summary(list(values(name, key).values())) for key in ("mAP", "rank1")} for name in args.variants
+    }
+    parts = {}
+    for part, (without, with_) in PARTS.items():
+        if without in args.variants and with_ in args.variants:
+            base, other = values(without, "mAP"), values(with_, "mAP")
+            parts[part] = summary([other[seed] - base[seed] for seed in args.seeds])
+    table = {"config": args.config, "seeds": args.seeds, "runs": runs, "variants": variants, "parts": parts}
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "ablation.json").write_text(json.dumps(results, indent=2))
-    print("| variant | target mAP (%) | target rank-1 (%) | seeds |\n|---|---|---|---|")
-    for name in args.variants:
-        rows = [r for r in results if r["variant"] == name]
-        maps, rank1s = [100 * r["mAP"] for r in rows], [100 * r["rank1"] for r in rows]
-        print(f"| {VARIANTS[name][0]} | {_mean_sd(maps)} | {_mean_sd(rank1s)} | {len(rows)} |")
+    (args.output_dir / "ablation.json").write_text(json.dumps(table, indent=2) + "\n")
 
-
-def _mean_sd(values: list[float]) -> str:
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.1f} ± {spread:.1f}"
+    print(f"target mAP / rank-1 (%), mean ± sd [95 % interval] over seeds {args.seeds}; {args.config}\n")
+    print("| variant | target mAP (%) | target rank-1 (%) |\n|---|---|---|")
+    for name, stats in variants.items():
+        print(f"| {VARIANTS[name][0]} | {_cell(stats['mAP'])} | {_cell(stats['rank1'])} |")
+    print("\n| part | mAP gain, paired by seed (points) |\n|---|---|")
+    for part, stats in parts.items():
+        print(f"| {part} | {stats['mean']:+.1f} ± {stats['sd']:.1f} [{stats['low']:+.1f}, {stats['high']:+.1f}] |")
 
 
 if __name__ == "__main__":

@@ -3,13 +3,16 @@
     python scripts/bench_train.py --parts loader step --workers 0 1 2 --precisions fp32 bf16 \
         model.backbone=resnet50.tv_in1k model.pretrained=false data.height=256 data.width=128 data.batch_size=16
     python scripts/bench_train.py --parts layout --bn 64 32 data.batch_size=64     # the demo, 32+32 vs 2 x 16+16
+    python scripts/bench_train.py --parts ratio --steps 20                         # the demo's step vs a bare step
 
 Every part builds the training run that `reid-accel train CONFIG key=value...` would build (`setup`) and times
 `train_step`, the step training runs. `loader` times the train loader alone (decode, resize, uint8 batches) over
 Market-1501-sized 128x64 JPEG crops drawn from the synthetic world, plus the on-device augmentation. `step` times
 whole steps for each precision, reporting images/s and peak memory. `layout` times one step of the same images under
 each `data.bn_batch_size` (`--bn`), interleaved: a smaller BN group runs as several micro-batches with gradient
-accumulation.
+accumulation. `ratio` times the run's `train_step` against the bare step of the same network on the same (already
+augmented) images: forward, cross-entropy, backward and SGD, nothing else; their throughput ratio is what the
+method's own work (augmentation, the target branch, the memory, logging) costs.
 """
 
 import argparse
@@ -24,6 +27,7 @@ from bench_common import build_run, every_term_epoch, interleaved_timings, table
 
 from reid_accel.data.synthetic import generate_world
 from reid_accel.engine.train import augmentation_draws, train_step
+from reid_accel.modeling import CrossDomainNetwork, ReIDEncoder
 
 
 def jpeg_folder(root: Path) -> Path:
@@ -101,11 +105,52 @@ def bench_layouts(args: argparse.Namespace) -> list[str]:
     return table_rows(f"one step of {runs[args.bn[0]].layout.global_batch} images", timings, names[args.bn[0]], 1e-3)
 
 
+def bench_ratio(args: argparse.Namespace) -> list[str]:
+    run = build_run(args.config, args.overrides)
+    batch, epoch = training_batches(run, 1)[0], every_term_epoch(run)
+    torch.manual_seed(0)
+    encoder = run.encoder
+    bare = CrossDomainNetwork(
+        ReIDEncoder(
+            encoder.backbone_name,
+            last_stride=encoder.last_stride,
+            input_size=encoder.input_size,
+            mean=encoder.mean,
+            std=encoder.std,
+        ),
+        run.accelerator.unwrap_model(run.network).classifier.out_features,
+    ).to(run.accelerator.device)
+    optimizer = torch.optim.SGD(bare.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    device = run.accelerator.device
+    pixels = run.augmentation(batch["pixel_values"].to(device), augmentation_draws(run, epoch=epoch, step=0))
+    labels = batch["pid"].clamp_min(0).to(device)
+
+    def bare_step() -> None:
+        logits = bare(pixels, num_source=len(pixels), source_neck="train")["source_logits"]
+        torch.nn.functional.cross_entropy(logits, labels).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    timings = interleaved_timings(
+        {"bare step": bare_step, "train_step": lambda: train_step(run, batch, epoch=epoch, step=0)}, args.steps
+    )
+    rows = table_rows(f"{run.layout.global_batch} images, epoch {epoch}", timings, "bare step", 1e-3)
+    images = run.layout.global_batch
+    (_, bare_median), (_, full_median) = timings["bare step"], timings["train_step"]
+    rows.append(
+        f"| throughput | bare {images / bare_median:.0f} img/s, train_step {images / full_median:.0f} img/s | | | | "
+        f"{bare_median / full_median:.3f} of the bare step |"
+    )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, as for reid-accel train")
     parser.add_argument("--config", default="configs/synthetic.yaml")
-    parser.add_argument("--parts", nargs="+", choices=("loader", "step", "layout"), default=["loader", "step"])
+    parser.add_argument(
+        "--parts", nargs="+", choices=("loader", "step", "layout", "ratio"), default=["loader", "step"]
+    )
     parser.add_argument("--steps", type=int, default=5, help="timed steps (per variant in `layout`)")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="loader workers to try")
     parser.add_argument("--precisions", nargs="+", choices=("no", "bf16", "fp16"), default=["no"])
@@ -118,11 +163,13 @@ def main() -> None:
         rows += bench_loader(args) if "loader" in args.parts else []
         rows += bench_steps(args) if "step" in args.parts else []
         print("\n".join(rows), flush=True)
+    header = "| min (ms) | median (ms) | x first (min) | x first (median) |\n|---|---|---|---|---|---|"
     if "layout" in args.parts:
-        print(
-            "| step | layout | min (ms) | median (ms) | x first (min) | x first (median) |\n|---|---|---|---|---|---|"
-        )
+        print(f"| step | layout {header}")
         print("\n".join(bench_layouts(args)), flush=True)
+    if "ratio" in args.parts:
+        print(f"| step | variant {header}")
+        print("\n".join(bench_ratio(args)), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 import logging
+import os
 import subprocess
 import sys
 from importlib.metadata import entry_points
@@ -184,3 +185,16 @@ def test_exit_status_of_a_real_process(tmp_path):
     )
     assert result.returncode == 2
     assert "the following arguments are required" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_openmp_threads_sleep_only_when_the_cores_are_shared(monkeypatch):
+    from reid_accel import cli
+
+    busy = cli._busy_cores(0.01)
+    assert busy is None or 0 <= busy <= (os.cpu_count() or 1) + 0.01
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr(cli, "_busy_cores", lambda: 0.1)
+    assert "spin" in cli._choose_openmp_wait_policy() and "OMP_WAIT_POLICY" not in os.environ
+    monkeypatch.setattr(cli, "_busy_cores", lambda: 1.0)
+    assert "sleep" in cli._choose_openmp_wait_policy() and os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert cli._choose_openmp_wait_policy() is None, "a policy already set is kept"

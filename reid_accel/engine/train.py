@@ -247,7 +247,9 @@ def setup(cfg: ExperimentConfig) -> Run:
     )
     test_transform = build_transform(d.height, d.width, mean=encoder.mean, std=encoder.std)
     load_transform = build_transform(d.height, d.width, normalize=False)  # uint8; augmented per batch on device
-    train_set = CrossDomainDataset(source["train"], target["train"] if two_domains else None, load_transform)
+    train_set = CrossDomainDataset(
+        source["train"], target["train"] if two_domains else None, load_transform, preload=d.preload
+    )
     # The sampler shards by rank itself, so the train loader is not passed through `accelerator.prepare`.
     sampler = CrossDomainBatchSampler(
         len(train_set.source),
@@ -316,10 +318,13 @@ def mixup_lambda(run: Run, *, epoch: int, step: int, group: int) -> float | None
 
 
 def augmentation_draws(run: Run, *, epoch: int, step: int) -> torch.Tensor:
-    """(P, num_draws) uniforms for this process's images: the rows of the step's global draws at their positions."""
+    """(P, num_draws) uniforms for this process's images: the rows of the step's global draws at their positions.
+
+    Drawn on the CPU, where `BatchAugmentation` turns them into crops and boxes, on any device.
+    """
     generator = seeded_generator("augment", run.cfg.train.seed, epoch, step)
     draws = torch.rand(run.layout.global_batch, run.augmentation.num_draws, generator=generator)
-    return draws[run.positions].to(run.accelerator.device, non_blocking=True)
+    return draws[run.positions]
 
 
 def _micro_batch_loss(

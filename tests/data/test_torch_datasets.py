@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -56,6 +58,17 @@ def test_single_split_items(domains):
     torch.testing.assert_close(
         item["pixel_values"][:, 0, 0], torch.tensor([10, 20, 30]) / 255 * 2 - 1, atol=0.05, rtol=0
     )
+
+
+def test_preloaded_items_are_the_decoded_ones_and_need_no_files(domains):
+    source, target = domains
+    loaded = CrossDomainDataset(source, target, TRANSFORM)
+    preloaded = CrossDomainDataset(source, target, TRANSFORM, preload=True)
+    for path in ReIDImageDataset(target, TRANSFORM).paths:  # the files are no longer needed
+        Path(path).unlink()
+    for index in range(len(loaded._source)):
+        assert torch.equal(preloaded[index]["pixel_values"], loaded._source[index]["pixel_values"])
+    assert preloaded[len(source) + 3]["index"] == 3 and preloaded[len(source) + 3]["pixel_values"].shape == (3, 16, 8)
 
 
 def test_cross_domain_index_space_relabelling_and_cameras(domains):

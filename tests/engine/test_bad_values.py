@@ -34,6 +34,7 @@ BAD_VALUES = {
     "data.bn_batch_size": "12",
     "data.eval_batch_size": "0",
     "data.num_workers": "-1",
+    "data.preload": "3",
     "data.pad": "-2",
     "data.flip_prob": "1.5",
     "data.erasing_prob": "-0.1",
