@@ -16,6 +16,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from reid_accel.fileio import write_json_atomic
+
 DEMO = "configs/synthetic.yaml"
 # name -> (what the row means, config, overrides)
 VARIANTS = {
@@ -60,8 +62,7 @@ def main() -> None:
     tasks = [(name, seed) for name in args.variants for seed in args.seeds]
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(lambda task: run(*task, args.output_dir, threads), tasks))
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "ablation.json").write_text(json.dumps(results, indent=2))
+    write_json_atomic(args.output_dir / "ablation.json", results)
     print("| variant | target mAP (%) | target rank-1 (%) | seeds |\n|---|---|---|---|")
     for name in args.variants:
         rows = [r for r in results if r["variant"] == name]
