@@ -140,8 +140,10 @@ def load_benchmark(
         DatasetLayoutError: unknown benchmark or option, missing folder, or a layout the parser rejects.
     """
     canonical, module = get_benchmark(name)
-    prepare_options, parse_options = split_options(canonical, options)
     root = Path(root).expanduser().resolve()
+    prepare_options, parse_options = split_options(canonical, options, root=root)
+    if hasattr(module, "NOTICE"):
+        logger.warning(module.NOTICE)
     if hasattr(module, "prepare"):
         module.prepare(root, **prepare_options)
     if not root.is_dir():
