@@ -86,8 +86,9 @@ def rank_metrics(
 
     Returns:
         ``mAP``, ``rank1``, ``rank5``, ``rank10`` (fractions, Python floats), ``cmc`` ((max_rank,) float64 array:
-        ``cmc[k]`` is the share of valid queries with a true match within the top ``k + 1``), ``num_queries`` and
-        ``num_valid_queries`` (queries with at least one true match; the averages run over these).
+        ``cmc[k]`` is the share of valid queries with a true match within the top ``k + 1``), ``num_queries``,
+        ``num_valid_queries`` (queries with at least one true match; the averages run over these) and ``ap_mode``
+        (the AP convention, so that a stored result says which one it used).
     """
     query = _features(query_features, "query_features")
     gallery = _features(gallery_features, "gallery_features")
@@ -307,6 +308,7 @@ def _evaluate(
         "cmc": cmc,
         "num_queries": num_query,
         "num_valid_queries": num_valid,
+        "ap_mode": ap_mode,
     }
 
 

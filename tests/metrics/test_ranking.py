@@ -186,6 +186,7 @@ def test_hand_computed_example():
     np.testing.assert_allclose(standard["cmc"], [1.0, 1.0, 1.0])
     trapezoid = rank_metrics_from_distance(distmat, [7], g_pids, [0], g_cams, ap_mode="trapezoid")
     assert trapezoid["mAP"] == pytest.approx(0.5 * (1 + 1) / 2 + 0.5 * (1 / 2 + 2 / 3) / 2)
+    assert (standard["ap_mode"], trapezoid["ap_mode"]) == ("standard", "trapezoid")  # each result names its rule
     # first hit at position 2 (1 miss before): rank-1 fails, rank-5 holds
     late = rank_metrics_from_distance(np.array([[0.3, 0.2, 0.3, 0.1, 0.5, 0.6]]), [7], g_pids, [0], g_cams)
     assert (late["rank1"], late["rank5"]) == (0.0, 1.0)

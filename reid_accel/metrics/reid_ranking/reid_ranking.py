@@ -37,7 +37,8 @@ Args:
     max_rank: length of the CMC curve. Default 50.
     device: where the ranking runs (e.g. "cuda"). Default CPU.
 Returns:
-    mAP, rank1, rank5, rank10 (fractions), cmc (array of max_rank fractions), num_queries, num_valid_queries.
+    mAP, rank1, rank5, rank10 (fractions), cmc (array of max_rank fractions), num_queries, num_valid_queries,
+    ap_mode (the AP convention used).
 """
 
 _CITATION = """@inproceedings{zheng2015scalable,
