@@ -5,7 +5,19 @@ import pytest
 import torch
 
 from reid_accel.errors import ReidAccelError
-from reid_accel.metrics import rank_metrics, rank_metrics_from_distance, top_k_gallery
+from reid_accel.metrics import cpu_ranking, rank_metrics, rank_metrics_from_distance, ranking, top_k_gallery
+
+
+@pytest.fixture(params=["numpy", "numpy-small-chunks-numpy-blas", "torch"], autouse=True)
+def ranking_path(request, monkeypatch):
+    """Every test runs each CPU path: numpy ranking (the CPU's; also in chunks of a few rows, after numpy's
+    product) and torch ranking (CUDA's)."""
+    if request.param == "torch":
+        monkeypatch.setattr(ranking, "_numpy_on", lambda device: False)
+    elif request.param == "numpy-small-chunks-numpy-blas":
+        monkeypatch.setattr(cpu_ranking, "_CHUNK_ENTRIES", 1000)
+        monkeypatch.setattr(ranking, "_numpy_blas_is_faster", lambda: True)
+    return request.param
 
 
 def reference_metrics(distmat, q_pids, g_pids, q_cams, g_cams, ap_mode, max_rank):
