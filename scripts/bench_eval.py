@@ -157,14 +157,20 @@ def worker(args) -> dict:
     return out
 
 
+def _median_ratio(rounds: list[dict], method: str, products: list[str], key: str) -> float:
+    """Median over rounds of the method's `key` (wall or CPU seconds) over that round's fastest product."""
+    return statistics.median(r[method][key] / min(r[m][key] for m in products) for r in rounds)
+
+
 def run(args) -> None:
     """Runs every method in a subprocess (``--repeat`` rounds, interleaved) and prints a side-by-side table.
 
-    Times are medians over the rounds and ratios are medians of the per-round ratios to that round's baseline
-    (the numpy product when it runs, else torch's), so a neighbour's load spike hits one round rather than one method.
+    Times are medians over the rounds and ratios are medians of the per-round ratios to that round's fastest
+    product (numpy's or torch's, whichever ran and was faster; wall and CPU time apart), so a neighbour's load spike
+    hits one round rather than one method.
     """
     methods = list(args.methods)
-    baseline = next((m for m in ("numpy", "product") if m in methods), None)
+    products = [m for m in ("numpy", "product") if m in methods]
     if "torchreid" in methods and not (args.rank_cy_dir and list(Path(args.rank_cy_dir).glob("rank_cy*.so"))):
         print(
             f"skipping torchreid: no rank_cy*.so in --rank-cy-dir={args.rank_cy_dir!r} (see this script's docstring)"
@@ -194,8 +200,8 @@ def run(args) -> None:
         rounds.append(results)
     print(f"\n{args.repeat} round(s), load average now {os.getloadavg()[0]:.1f}")
     print(
-        f"| method | wall s (median) | wall / {baseline} | CPU s (median) | CPU / {baseline} | peak MiB over data "
-        "| mAP | rank-1 |"
+        "| method | wall s (median) | wall / fastest product | CPU s (median) | CPU / fastest product "
+        "| peak MiB over data | mAP | rank-1 |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for method in methods:
@@ -203,10 +209,9 @@ def run(args) -> None:
         seconds = statistics.median(r["seconds"] for r in runs)
         cpu = statistics.median(r["cpu_seconds"] for r in runs)
         ratio = cpu_ratio = "-"
-        if baseline is not None:
-            ratio = f"{statistics.median(r[method]['seconds'] / r[baseline]['seconds'] for r in rounds):.2f}"
-            cpu_ratio = statistics.median(r[method]["cpu_seconds"] / r[baseline]["cpu_seconds"] for r in rounds)
-            cpu_ratio = f"{cpu_ratio:.2f}"
+        if products:
+            ratio = f"{_median_ratio(rounds, method, products, 'seconds'):.2f}"
+            cpu_ratio = f"{_median_ratio(rounds, method, products, 'cpu_seconds'):.2f}"
         extra = ""
         for key, label in (("product_seconds", "product"), ("rerank_seconds", "re-rank")):
             if key in runs[0]:

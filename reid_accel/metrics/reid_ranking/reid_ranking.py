@@ -96,7 +96,7 @@ class ReidRanking(evaluate.Metric):
             inputs_description=_KWARGS_DESCRIPTION,
             features=datasets.Features(
                 {
-                    "features": datasets.Value("binary"),  # float32 bytes of one row (see `_encode_rows`)
+                    "features": datasets.Value("large_binary"),  # float32 bytes of one row (see `_encode_rows`)
                     "pids": datasets.Value("int64"),
                     "camids": datasets.Value("int64"),
                     "splits": datasets.Value("string"),
