@@ -22,6 +22,10 @@ one ``searchsorted`` over float64 ``row * stride + score`` keys (equal keys, fro
 are then settled exactly on the original scores and gallery indices), and a histogram of those placements gives
 every match's position. Cost: the similarity product plus a few linear passes over each block and over the
 candidates; memory: one ``(chunk, G)`` block of scores at a time.
+
+Devices: CUDA blocks are ranked by the torch code here (`_block_ranks`). CPU blocks are ranked by
+`cpu_ranking.match_positions`, the same positions with numpy over a thread pool, where each query's two deepest
+matches are counted densely (see that module for why).
 """
 
 import dataclasses
@@ -262,7 +266,8 @@ def _numpy_blas_is_faster() -> bool:
     """Whether the CPU similarity product should use numpy's BLAS (OpenBLAS in its wheels) rather than torch's.
 
     torch's CPU wheels multiply with MKL, which takes a slower path on CPUs not made by Intel: at Market scale it
-    needed 1.7-2.9x numpy's time on an AMD EPYC, and 0.85-0.9x on an Intel Xeon (BENCHMARKS.md).
+    was reported to need 1.7-2.9x numpy's time on an AMD EPYC, and is within about 15 % of numpy's either way on
+    an Intel Xeon (BENCHMARKS.md).
     """
     vendor = _cpu_vendor()
     return torch.backends.mkl.is_available() and vendor is not None and vendor != "GenuineIntel"
