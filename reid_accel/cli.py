@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 LOG_FORMAT = "%(levelname)s: %(message)s"
 MODEL_HELP = "a save_pretrained folder, a run folder, a checkpoint folder or a Hub repo id"
+SUBSET_HELP = "cuhk03 only: labeled or detected (default: the subset folder ROOT points at, else labeled)"
 
 
 def _is_main_process() -> bool:
@@ -55,12 +56,18 @@ def _count(minimum: int):
 
 
 def _print_report(
-    name: str, dataset: Mapping[str, Any], options: Mapping[str, str], *, check: bool = True, verify: bool = False
+    name: str,
+    dataset: Mapping[str, Any],
+    root: Path,
+    options: Mapping[str, str],
+    *,
+    check: bool = True,
+    verify: bool = False,
 ) -> int:
     """Print the images / identities / cameras table of a `DatasetDict`.
 
-    With `check`, warn where it departs from the official counts of benchmark `name` loaded with `options`;
-    with `verify`, decode every image.
+    With `check`, warn where it departs from the official counts of benchmark `name` loaded from `root` with
+    `options`; with `verify`, decode every image.
     """
     from reid_accel.data import compare_stats, dataset_stats, official_stats, verify_images
     from reid_accel.data.benchmarks import get_benchmark
@@ -69,7 +76,7 @@ def _print_report(
     print(f"{'split':<8} {'images':>8} {'identities':>10} {'cameras':>7}")
     for split, counts in stats.items():
         print(f"{split:<8} {counts.images:>8} {counts.identities:>10} {counts.cameras:>7}")
-    official = official_stats(name, **options) if check else None
+    official = official_stats(name, root, **options) if check else None
     for problem in compare_stats(stats, official) if official is not None else []:
         logger.warning("%s differs from the official release: %s", get_benchmark(name)[0], problem)
     if verify:
@@ -83,7 +90,7 @@ def _data_info(args: argparse.Namespace) -> int:
 
     options = {"subset": args.subset} if args.subset is not None else {}
     dataset = load_benchmark(args.name, args.root, cache_dir=args.cache_dir, **options)
-    return _print_report(args.name, dataset, options, verify=args.verify)
+    return _print_report(args.name, dataset, args.root, options, verify=args.verify)
 
 
 def _data_synth(args: argparse.Namespace) -> int:
@@ -92,7 +99,7 @@ def _data_synth(args: argparse.Namespace) -> int:
 
     size = {"num_ids": args.ids} if args.ids is not None else {}
     generate_world(args.root, domain=args.domain, seed=args.seed, **size)
-    return _print_report("synthetic", load_benchmark("synthetic", args.root, cache_dir=args.cache_dir), {})
+    return _print_report("synthetic", load_benchmark("synthetic", args.root, cache_dir=args.cache_dir), args.root, {})
 
 
 def _data_lookalike(args: argparse.Namespace) -> int:
@@ -107,7 +114,7 @@ def _data_lookalike(args: argparse.Namespace) -> int:
         raise DatasetLayoutError(f"{name!r} has no official statistics to imitate")
     WRITERS[name](args.root, stats=module.OFFICIAL_STATS if args.official else None)
     dataset = load_benchmark(name, args.root, cache_dir=args.cache_dir)
-    return _print_report(name, dataset, {}, check=args.official)
+    return _print_report(name, dataset, args.root, {}, check=args.official)
 
 
 def _add_data_commands(commands: argparse._SubParsersAction) -> None:
@@ -117,7 +124,7 @@ def _add_data_commands(commands: argparse._SubParsersAction) -> None:
     info = data_commands.add_parser("info", help="images, identities and cameras per split, checked")
     info.add_argument("name", help="benchmark: market1501, dukemtmc, cuhk03, msmt17, market_style, synthetic")
     info.add_argument("root", type=Path, help="the benchmark folder as extracted")
-    info.add_argument("--subset", help="cuhk03 only: labeled (default) or detected")
+    info.add_argument("--subset", help=SUBSET_HELP)
     info.add_argument("--verify", action="store_true", help="also decode every image")
     info.set_defaults(handler=_data_info)
 
@@ -226,7 +233,7 @@ def _add_eval_command(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("model", help=MODEL_HELP)
     evaluate.add_argument("--dataset", required=True, help="benchmark: market1501, dukemtmc, cuhk03, msmt17, ...")
     evaluate.add_argument("--root", required=True, type=Path, help="the benchmark folder as extracted")
-    evaluate.add_argument("--subset", help="cuhk03 only: labeled (default) or detected")
+    evaluate.add_argument("--subset", help=SUBSET_HELP)
     evaluate.add_argument("--flip", action="store_true", help="average each feature with its mirror image's")
     evaluate.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3)")
     evaluate.add_argument("--ap-mode", choices=("standard", "trapezoid"), default="standard", help="AP convention")

@@ -18,6 +18,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from reid_accel.fileio import write_json_atomic
+
 # name -> (what the row means, overrides of the config, which is the full method)
 VARIANTS = {
     "source_only": ("source only (no target branch)", ["objective.target_branch=false"]),
@@ -97,8 +99,7 @@ def main() -> None:
             base, other = values(without, "mAP"), values(with_, "mAP")
             parts[part] = summary([other[seed] - base[seed] for seed in args.seeds])
     table = {"config": args.config, "seeds": args.seeds, "runs": runs, "variants": variants, "parts": parts}
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "ablation.json").write_text(json.dumps(table, indent=2) + "\n")
+    write_json_atomic(args.output_dir / "ablation.json", table)
 
     print(f"target mAP / rank-1 (%), mean ± sd [95 % interval] over seeds {args.seeds}; {args.config}\n")
     print("| variant | target mAP (%) | target rank-1 (%) |\n|---|---|---|")

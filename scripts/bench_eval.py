@@ -1,9 +1,10 @@
 """Benchmark: exact CMC/mAP (reid_accel.metrics) against the similarity product alone and torchreid's evaluator.
 
-Synthetic features with the structure of the real benchmarks (ids, cameras, distractors; 2048-d):
+Synthetic features with the structure of the real benchmarks (ids, cameras, distractors):
 
-    market: 3,368 queries x 15,913 gallery items (2,793 distractors), 750 ids, 6 cameras
-    msmt:   11,659 queries x 82,161 gallery items, 3,060 ids, 15 cameras
+    market: 3,368 queries x 15,913 gallery items (2,793 distractors), 750 ids, 6 cameras, 2048-d
+    msmt:   11,659 queries x 82,161 gallery items, 3,060 ids, 15 cameras, 2048-d
+    small:  1,000 queries x 3,000 gallery items, 300 ids, 6 cameras, 1024-d (a quick check of the `evaluate` module)
 
 Each image is ``center[id] + 0.6 * style[camera] + s * noise`` with a per-image noise scale ``s`` drawn around
 ``--difficulty`` (log-normal), so a few images are hard and their matches rank deep, as with real features.
@@ -11,10 +12,14 @@ Each image is ``center[id] + 0.6 * style[camera] + s * noise`` with a per-image 
 (an early checkpoint).
 
 Every method runs in its own subprocess, which builds the same data from the seed, resets its peak-memory mark,
-then times the method; memory is reported as the peak resident set over the data already held. Methods:
+then times the method; memory is reported as the peak resident set over the data already held. The subprocesses
+get the thread settings the `reid-accel` command gives (`OMP_WAIT_POLICY=PASSIVE` unless the environment sets
+it). Methods:
 
-    product    normalise + full Q x G cosine-similarity matrix (the floor any evaluation pays)
+    numpy      normalise + full Q x G cosine-similarity matrix with numpy's matmul (the baseline of the ratios)
+    product    the same with torch's matmul (the floor any evaluation pays, with torch's BLAS)
     ours       reid_accel.metrics.rank_metrics (blockwise product + exact ranking)
+    module     the same through the shipped `evaluate` module (`metric.compute(features=..., ...)`)
     torchreid  torchreid's Cython ``evaluate_cy`` on the cosine distance matrix (product time reported apart)
     rerank     reid_accel.metrics.rerank_distance + rank_metrics_from_distance (market only by default)
 
@@ -22,7 +27,8 @@ torchreid's evaluator is not on PyPI: build ``rank_cy`` from github.com/KaiyangZ
 (torchreid/metrics/rank_cylib) outside this repository and pass the folder holding the ``.so``:
 
     python scripts/bench_eval.py --scale market --rank-cy-dir /work/ext/rank_cylib
-    python scripts/bench_eval.py --scale msmt --methods product ours torchreid --rank-cy-dir /work/ext/rank_cylib
+    python scripts/bench_eval.py --scale msmt --methods numpy product ours torchreid --rank-cy-dir /work/ext/rank_cylib
+    python scripts/bench_eval.py --scale small --methods numpy ours module --repeat 5
 """
 
 import argparse
@@ -35,22 +41,23 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-SCALES = {  # queries, gallery, ids, cameras, distractors
-    "market": (3368, 15913, 750, 6, 2793),
-    "msmt": (11659, 82161, 3060, 15, 0),
+SCALES = {  # queries, gallery, ids, cameras, distractors, feature dimension
+    "market": (3368, 15913, 750, 6, 2793, 2048),
+    "msmt": (11659, 82161, 3060, 15, 0, 2048),
+    "small": (1000, 3000, 300, 6, 0, 1024),
 }
-FEATURE_DIM = 2048
 
 
 def synthetic(scale: str, seed: int, difficulty: float):
     """Query/gallery features, ids and cameras; built in place to keep the data's own peak low."""
-    num_query, num_gallery, num_ids, num_cams, num_distractors = SCALES[scale]
+    num_query, num_gallery, num_ids, num_cams, num_distractors, dim = SCALES[scale]
     gen = torch.Generator().manual_seed(seed)
-    centers = torch.randn(num_ids + 1, FEATURE_DIM, generator=gen)
-    styles = torch.randn(num_cams, FEATURE_DIM, generator=gen)
+    centers = torch.randn(num_ids + 1, dim, generator=gen)
+    styles = torch.randn(num_cams, dim, generator=gen)
     q_pids = torch.randint(1, num_ids + 1, (num_query,), generator=gen)
     q_cams = torch.randint(0, num_cams, (num_query,), generator=gen)
     g_pids = torch.randint(1, num_ids + 1, (num_gallery,), generator=gen)
@@ -58,12 +65,12 @@ def synthetic(scale: str, seed: int, difficulty: float):
     g_cams = torch.randint(0, num_cams, (num_gallery,), generator=gen)
 
     def images(pids, cams):
-        out = torch.randn(len(pids), FEATURE_DIM, generator=gen)  # (n, D) noise
+        out = torch.randn(len(pids), dim, generator=gen)  # (n, D) noise
         out.mul_(difficulty * torch.exp(0.35 * torch.randn(len(pids), 1, generator=gen)))
         for start in range(0, len(pids), 4096):
             part = slice(start, start + 4096)
             center = centers[pids[part]]
-            center[pids[part] == 0] = torch.randn(int((pids[part] == 0).sum()), FEATURE_DIM, generator=gen)
+            center[pids[part] == 0] = torch.randn(int((pids[part] == 0).sum()), dim, generator=gen)
             out[part].add_(center).add_(styles[cams[part]], alpha=0.6)
         return out
 
@@ -83,9 +90,22 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _unit_rows(features: np.ndarray) -> np.ndarray:
+    return features / np.linalg.norm(features, axis=1, keepdims=True).clip(min=1e-12)
+
+
 def worker(args) -> dict:
     """Runs one method in this process and returns its figures."""
     qf, gf, qp, gp, qc, gc = synthetic(args.scale, args.seed, args.difficulty)
+    if args.worker == "module":  # the module's inputs, one row per image, built outside the timed region
+        import evaluate
+
+        from reid_accel.metrics import evaluate_module_path
+
+        metric = evaluate.load(evaluate_module_path())
+        rows = {"features": torch.cat([qf, gf]).numpy(), "pids": torch.cat([qp, gp]).numpy()}
+        rows |= {"camids": torch.cat([qc, gc]).numpy(), "splits": ["query"] * len(qf) + ["gallery"] * len(gf)}
+        del qf, gf
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS mark: count the method only
     base_kib = _status_kib("VmRSS")
     if args.worker in ("ours", "ours-trapezoid", "rerank"):
@@ -93,7 +113,11 @@ def worker(args) -> dict:
     out = {"method": args.worker}
     cpu_start = _cpu_seconds()
     start = time.perf_counter()
-    if args.worker == "product":
+    if args.worker == "numpy":
+        scores = _unit_rows(qf.numpy()) @ _unit_rows(gf.numpy()).T  # (Q, G)
+        out["seconds"] = time.perf_counter() - start
+        del scores
+    elif args.worker == "product":
         scores = F.normalize(qf, dim=1) @ F.normalize(gf, dim=1).T  # (Q, G)
         out["seconds"] = time.perf_counter() - start
         del scores
@@ -102,6 +126,10 @@ def worker(args) -> dict:
 
         mode = "trapezoid" if args.worker == "ours-trapezoid" else "standard"
         result = rank_metrics(qf, gf, qp, gp, qc, gc, ap_mode=mode)
+        out["seconds"] = time.perf_counter() - start
+        out.update(mAP=result["mAP"], rank1=result["rank1"])
+    elif args.worker == "module":
+        result = metric.compute(**rows)
         out["seconds"] = time.perf_counter() - start
         out.update(mAP=result["mAP"], rank1=result["rank1"])
     elif args.worker == "torchreid":
@@ -129,22 +157,32 @@ def worker(args) -> dict:
     return out
 
 
+def _median_ratio(rounds: list[dict], method: str, products: list[str], key: str) -> float:
+    """Median over rounds of the method's `key` (wall or CPU seconds) over that round's fastest product."""
+    return statistics.median(r[method][key] / min(r[m][key] for m in products) for r in rounds)
+
+
 def run(args) -> None:
     """Runs every method in a subprocess (``--repeat`` rounds, interleaved) and prints a side-by-side table.
 
-    Times are medians over the rounds and ratios are medians of the per-round ratios to that round's product, so
-    a neighbour's load spike hits one round rather than one method.
+    Times are medians over the rounds and ratios are medians of the per-round ratios to that round's fastest
+    product (numpy's or torch's, whichever ran and was faster; wall and CPU time apart), so a neighbour's load spike
+    hits one round rather than one method.
     """
     methods = list(args.methods)
+    products = [m for m in ("numpy", "product") if m in methods]
     if "torchreid" in methods and not (args.rank_cy_dir and list(Path(args.rank_cy_dir).glob("rank_cy*.so"))):
         print(
             f"skipping torchreid: no rank_cy*.so in --rank-cy-dir={args.rank_cy_dir!r} (see this script's docstring)"
         )
         methods.remove("torchreid")
+    env = dict(os.environ)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `reid-accel` sets it
+    num_query, num_gallery, *_, dim = SCALES[args.scale]
     print(
-        f"scale={args.scale} (Q x G = {SCALES[args.scale][0]} x {SCALES[args.scale][1]}, {FEATURE_DIM}-d) "
-        f"difficulty={args.difficulty} seed={args.seed} torch threads={torch.get_num_threads()} "
-        f"load average {os.getloadavg()[0]:.1f}"
+        f"scale={args.scale} (Q x G = {num_query} x {num_gallery}, {dim}-d) difficulty={args.difficulty} "
+        f"seed={args.seed} torch {torch.__version__} threads={torch.get_num_threads()} "
+        f"OMP_WAIT_POLICY={env['OMP_WAIT_POLICY']} numpy {np.__version__} load average {os.getloadavg()[0]:.1f}"
     )
     rounds = []
     for round_index in range(args.repeat):
@@ -154,7 +192,7 @@ def run(args) -> None:
             command += ["--difficulty", str(args.difficulty)]
             if args.rank_cy_dir:
                 command += ["--rank-cy-dir", args.rank_cy_dir]
-            done = subprocess.run(command, capture_output=True, text=True)
+            done = subprocess.run(command, capture_output=True, text=True, env=env)
             if done.returncode != 0:
                 raise SystemExit(f"{method} failed:\n{done.stderr[-4000:]}")
             results[method] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -162,8 +200,8 @@ def run(args) -> None:
         rounds.append(results)
     print(f"\n{args.repeat} round(s), load average now {os.getloadavg()[0]:.1f}")
     print(
-        "| method | wall s (median) | wall / product | CPU s (median) | CPU / product | peak MiB over data "
-        "| mAP | rank-1 |"
+        "| method | wall s (median) | wall / fastest product | CPU s (median) | CPU / fastest product "
+        "| peak MiB over data | mAP | rank-1 |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for method in methods:
@@ -171,10 +209,9 @@ def run(args) -> None:
         seconds = statistics.median(r["seconds"] for r in runs)
         cpu = statistics.median(r["cpu_seconds"] for r in runs)
         ratio = cpu_ratio = "-"
-        if "product" in methods:
-            ratio = f"{statistics.median(r[method]['seconds'] / r['product']['seconds'] for r in rounds):.2f}"
-            cpu_ratio = statistics.median(r[method]["cpu_seconds"] / r["product"]["cpu_seconds"] for r in rounds)
-            cpu_ratio = f"{cpu_ratio:.2f}"
+        if products:
+            ratio = f"{_median_ratio(rounds, method, products, 'seconds'):.2f}"
+            cpu_ratio = f"{_median_ratio(rounds, method, products, 'cpu_seconds'):.2f}"
         extra = ""
         for key, label in (("product_seconds", "product"), ("rerank_seconds", "re-rank")):
             if key in runs[0]:
@@ -196,7 +233,7 @@ def run(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", choices=sorted(SCALES), default="market")
-    parser.add_argument("--methods", nargs="+", default=["product", "ours", "torchreid", "rerank"])
+    parser.add_argument("--methods", nargs="+", default=["numpy", "product", "ours", "torchreid", "rerank"])
     parser.add_argument("--difficulty", type=float, default=2.5, help="noise scale of the features")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=1, help="rounds of all methods, interleaved")

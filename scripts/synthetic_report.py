@@ -25,6 +25,7 @@ import timm
 import torch
 from PIL import Image
 
+from reid_accel.fileio import write_json_atomic
 from reid_accel.metrics import rank_metrics_from_distance
 
 MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)s\d+_\d+_\d+\.(?:png|jpg)$")
@@ -151,7 +152,7 @@ def main() -> None:
     results = [report(root, model_name=args.model) for root in args.roots]
     print("\n\n".join(format_report(result) for result in results))
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        write_json_atomic(args.json, results)
 
 
 if __name__ == "__main__":

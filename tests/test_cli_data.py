@@ -11,7 +11,7 @@ import pytest
 from reid_accel.cli import main
 from reid_accel.data import lookalike
 from reid_accel.data import synthetic as synthetic_world
-from reid_accel.data.benchmarks import market1501
+from reid_accel.data.benchmarks import dukemtmc, market1501
 
 SMALL_MARKET_TABLE = [
     "split      images identities cameras",
@@ -59,6 +59,33 @@ def test_info_cuhk03_subset(tmp_path, capsys, caplog):
     assert capsys.readouterr().out.splitlines()[3] == "gallery        17          4       2"
     assert "the official release has 5332" in warnings_of(caplog)[-1]
     assert (tmp_path / "c").is_dir()
+
+
+def test_info_on_a_cuhk03_subset_folder_reads_and_checks_that_subset(tmp_path, capsys, caplog):
+    root = lookalike.write_cuhk03_np(tmp_path / "cuhk03-np")
+    assert main(["data", "info", "cuhk03", str(root / "detected"), "--cache-dir", str(tmp_path / "c")]) == 0
+    assert capsys.readouterr().out.splitlines()[3] == "gallery        17          4       2"  # detected: 17
+    assert "cuhk03 differs from the official release: gallery: 17 images, the official release has 5332" in (
+        warnings_of(caplog)
+    )
+    caplog.clear()
+    argv = ["data", "info", "cuhk03", str(root / "detected"), "--subset", "labeled", "--cache-dir", str(tmp_path)]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert error.splitlines() == [
+        f"reid-accel: error: {(root / 'detected').resolve()}: this is the 'detected' subset folder, "
+        "but subset='labeled' was asked; pass subset='detected' or leave it out"
+    ]
+
+
+def test_info_on_dukemtmc_logs_once_that_it_was_withdrawn(tmp_path, capsys, caplog):
+    root = lookalike.write_dukemtmc(tmp_path / "DukeMTMC-reID")
+    assert main(["data", "info", "duke", str(root), "--cache-dir", str(tmp_path / "c")]) == 0
+    notices = [r for r in caplog.records if "withdrawn" in r.getMessage()]
+    assert [(r.levelno, r.getMessage()) for r in notices] == [(logging.WARNING, dukemtmc.NOTICE)]
+    assert "withdrawn by its authors (June 2019)" in dukemtmc.NOTICE
+    assert "already hold a copy" in dukemtmc.NOTICE
+    assert "reid-accel: error" not in capsys.readouterr().err
 
 
 def break_layout(kind: str, root: Path) -> tuple[list[str], str]:

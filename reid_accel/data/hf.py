@@ -17,8 +17,6 @@ cache folder can be removed at any time. This is the only module that imports `d
 import hashlib
 import logging
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ from reid_accel.data.benchmarks import check_root, get_benchmark, split_options
 from reid_accel.data.benchmarks.market_style import IMAGE_SUFFIXES
 from reid_accel.data.records import SPLIT_NAMES, ImageRecord, Split, SplitStats
 from reid_accel.errors import DatasetLayoutError
+from reid_accel.fileio import atomic_directory
 
 logger = logging.getLogger(__name__)
 
@@ -98,21 +97,17 @@ def _split_table(records: tuple[ImageRecord, ...]) -> pa.Table:
 
 def _write_cache(entry: Path, split: Split, key: str) -> None:
     """Write the three tables into a hidden sibling of `entry` and rename it into place (atomic)."""
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.partial-", dir=entry.parent))
     try:
-        for name, records in split.items():
-            with ArrowWriter(features=FEATURES, path=str(staging / f"{name}.arrow"), fingerprint=f"{key}-{name}") as w:
-                w.write_table(_split_table(records))
-                w.finalize()
-        try:
-            os.rename(staging, entry)
-        except OSError:
-            if not entry.is_dir():
-                raise
-            logger.info("Another process cached %s first; using its tables", entry)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        with atomic_directory(entry) as staging:
+            for name, records in split.items():
+                arrow = str(staging / f"{name}.arrow")
+                with ArrowWriter(features=FEATURES, path=arrow, fingerprint=f"{key}-{name}") as w:
+                    w.write_table(_split_table(records))
+                    w.finalize()
+    except FileExistsError:
+        if not entry.is_dir():
+            raise
+        logger.info("Another process cached %s first; using its tables", entry)
 
 
 def _read_cache(entry: Path, benchmark: str) -> DatasetDict:
@@ -145,8 +140,10 @@ def load_benchmark(
         DatasetLayoutError: unknown benchmark or option, missing folder, or a layout the parser rejects.
     """
     canonical, module = get_benchmark(name)
-    prepare_options, parse_options = split_options(canonical, options)
     root = Path(root).expanduser().resolve()
+    prepare_options, parse_options = split_options(canonical, options, root=root)
+    if hasattr(module, "NOTICE"):
+        logger.warning(module.NOTICE)
     if hasattr(module, "prepare"):
         module.prepare(root, **prepare_options)
     check_root(canonical, root)

@@ -16,8 +16,6 @@ import contextlib
 import functools
 import io
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from reid_accel.data.benchmarks.market_style import SPLIT_FOLDERS
 from reid_accel.data.benchmarks.msmt17 import IMAGE_FOLDERS
 from reid_accel.data.records import SplitStats
 from reid_accel.errors import DatasetLayoutError
+from reid_accel.fileio import atomic_directory
 
 IMAGE_SIZE = (16, 8)  # (height, width) of every look-alike image
 _PALETTE = [(200, 40, 40), (40, 160, 60), (40, 70, 200), (220, 200, 40), (150, 60, 180), (40, 190, 190)]
@@ -93,17 +92,12 @@ def _test_pids(stats: Mapping[str, SplitStats], first: int, *, distractor_pid0: 
 
 @contextlib.contextmanager
 def _new_folder(root: str | os.PathLike) -> Iterator[Path]:
-    """Yield a staging folder that is renamed to `root` when the block succeeds."""
+    """Yield a staging folder that becomes `root` when the block succeeds; `root` must be new or empty."""
     root = Path(root)
     if root.exists() and not (root.is_dir() and not any(root.iterdir())):
         raise DatasetLayoutError(f"{root}: already exists and is not empty; look-alike folders go to new folders")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
-    try:
+    with atomic_directory(root) as staging:
         yield staging
-        os.replace(staging, root)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _write_market_like(

@@ -24,9 +24,7 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -35,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from reid_accel.errors import ConfigError, DatasetLayoutError
+from reid_accel.fileio import atomic_directory
 
 logger = logging.getLogger(__name__)
 
@@ -702,30 +701,23 @@ def generate_world(
     if _is_complete(root, params):
         logger.info("Reusing the synthetic world at %s", root)
         return root
-    root.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    # a fresh sibling per writer (mkdir, unlike mkdtemp, keeps the umask's permissions for the final folder)
-    staging = root.parent / f".{root.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:12]}"
-    staging.mkdir()
     try:
-        counts = _write_world(staging, params)
-        record = {
-            "generator": __name__,
-            "version": GENERATOR_VERSION,
-            "parameters": params,
-            "num_cameras": DOMAINS[domain].num_cameras,
-            "counts": counts,
-        }
-        (staging / WORLD_FILE).write_text(json.dumps(record, indent=2) + "\n")
-        try:
-            os.rename(staging, root)
-        except OSError:
-            # another process renamed the same world into place first
-            if not _is_complete(root, params):
-                raise
-            logger.info("Reusing the synthetic world another process wrote to %s", root)
-            return root
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        with atomic_directory(root) as staging:
+            counts = _write_world(staging, params)
+            record = {
+                "generator": __name__,
+                "version": GENERATOR_VERSION,
+                "parameters": params,
+                "num_cameras": DOMAINS[domain].num_cameras,
+                "counts": counts,
+            }
+            (staging / WORLD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    except FileExistsError:
+        # another process renamed the same world into place first
+        if not _is_complete(root, params):
+            raise
+        logger.info("Reusing the synthetic world another process wrote to %s", root)
+        return root
     logger.info("Wrote synthetic world %s (%s) to %s in %.1f s", domain, counts, root, time.perf_counter() - start)
     return root

@@ -79,7 +79,8 @@ def evaluate_retrieval(
     With `rerank`, the cosine ranking is replaced by k-reciprocal re-ranked distances.
 
     Returns:
-        The metrics dict of `rank_metrics` and the two embedding sets (for saving or pictures).
+        The metrics dict of `rank_metrics` (with its `ap_mode`) and the two embedding sets (for saving or
+        pictures).
     """
     query = extract_embeddings(model, query_loader, accelerator, flip=flip, desc="query")
     gallery = extract_embeddings(model, gallery_loader, accelerator, flip=flip, desc="gallery")
@@ -134,7 +135,7 @@ def evaluate_model(
         ap_mode=ap_mode,
     )
     settings = {"dataset": dataset.name, "root": str(dataset.resolved_root()), "model": model_reference}
-    settings |= {"flip": flip, "rerank": rerank, "ap_mode": ap_mode}
+    settings |= {"flip": flip, "rerank": rerank}  # the AP convention comes with the metrics
     if output_dir is not None and accelerator.is_main_process:
         paths = {name: column_values(splits[name], "path") for name in ("query", "gallery")}
         write_evaluation(Path(output_dir), metrics, settings, query, gallery, paths)

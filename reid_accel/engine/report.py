@@ -89,9 +89,13 @@ class RunRecorder:
         write_json_atomic(self.history_path, self.history)
 
     def record_evaluation(self, epoch: int, metrics: dict[str, Any]) -> None:
-        """Append one evaluation (fractions) to `metrics.json`, replacing an earlier one of the same epoch."""
+        """Append one evaluation (fractions) to `metrics.json`, replacing an earlier one of the same epoch.
+
+        `metrics` is the dict of `rank_metrics`; the entry keeps its AP convention (`ap_mode`) beside the numbers.
+        """
         entry = {"epoch": epoch, **{k: float(metrics[k]) for k in METRIC_KEYS}}
         entry["num_valid_queries"] = int(metrics["num_valid_queries"])
+        entry["ap_mode"] = metrics["ap_mode"]
         self.evaluations = [e for e in self.evaluations if e["epoch"] != epoch] + [entry]
         self._write_metrics()
 

@@ -22,18 +22,26 @@ one ``searchsorted`` over float64 ``row * stride + score`` keys (equal keys, fro
 are then settled exactly on the original scores and gallery indices), and a histogram of those placements gives
 every match's position. Cost: the similarity product plus a few linear passes over each block and over the
 candidates; memory: one ``(chunk, G)`` block of scores at a time.
+
+Devices: CUDA blocks are ranked by the torch code here (`_block_ranks`). CPU blocks are ranked by
+`cpu_ranking.match_positions`, the same positions with numpy over a thread pool, where each query's two deepest
+matches are counted densely (see that module for why).
 """
 
 import dataclasses
+import functools
 import logging
 import math
+import re
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 
 from reid_accel.errors import ReidAccelError
+from reid_accel.metrics.cpu_ranking import match_positions
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +94,9 @@ def rank_metrics(
 
     Returns:
         ``mAP``, ``rank1``, ``rank5``, ``rank10`` (fractions, Python floats), ``cmc`` ((max_rank,) float64 array:
-        ``cmc[k]`` is the share of valid queries with a true match within the top ``k + 1``), ``num_queries`` and
-        ``num_valid_queries`` (queries with at least one true match; the averages run over these).
+        ``cmc[k]`` is the share of valid queries with a true match within the top ``k + 1``), ``num_queries``,
+        ``num_valid_queries`` (queries with at least one true match; the averages run over these) and ``ap_mode``
+        (the AP convention, so that a stored result says which one it used).
     """
     query = _features(query_features, "query_features")
     gallery = _features(gallery_features, "gallery_features")
@@ -107,6 +116,9 @@ def rank_metrics(
     buffer = torch.empty((min(chunk_size, len(query)), len(gallery)), dtype=dtype, device=target)
 
     def scores(start: int, stop: int) -> torch.Tensor:
+        if target.type == "cpu" and _numpy_blas_is_faster():
+            np.matmul(query[start:stop].numpy(), gallery.numpy().T, out=buffer[: stop - start].numpy())
+            return buffer[: stop - start]
         return torch.matmul(query[start:stop], gallery.T, out=buffer[: stop - start])  # (c, G_kept)
 
     return _evaluate(
@@ -244,6 +256,32 @@ class _Protocol:
         return self.pair_queries[first:last] - start, self.pair_columns[first:last], self.pair_is_match[first:last]
 
 
+def _numpy_on(device: torch.device) -> bool:
+    """Whether blocks on `device` are ranked by `cpu_ranking` (numpy, the CPU) rather than `_block_ranks` (CUDA)."""
+    return device.type == "cpu"
+
+
+@functools.cache
+def _numpy_blas_is_faster() -> bool:
+    """Whether the CPU similarity product should use numpy's BLAS (OpenBLAS in its wheels) rather than torch's.
+
+    torch's CPU wheels multiply with MKL, which takes a slower path on CPUs not made by Intel: at Market scale it
+    was reported to need 1.7-2.9x numpy's time on an AMD EPYC, and is within about 15 % of numpy's either way on
+    an Intel Xeon (BENCHMARKS.md).
+    """
+    vendor = _cpu_vendor()
+    return torch.backends.mkl.is_available() and vendor is not None and vendor != "GenuineIntel"
+
+
+def _cpu_vendor() -> str | None:
+    """The CPU's vendor id (``GenuineIntel``, ``AuthenticAMD``, ...), or None where /proc/cpuinfo cannot tell."""
+    try:
+        found = re.search(r"^vendor_id\s*:\s*(\S+)", Path("/proc/cpuinfo").read_text(), flags=re.M)
+    except OSError:
+        return None
+    return found.group(1) if found else None
+
+
 def _product_rows(chunk_size: int | None, num_query: int, num_gallery: int, device: torch.device) -> int:
     """Queries per product block: ``chunk_size`` if given, else ``_PRODUCT_ENTRIES`` scores, >= 2,048 queries."""
     if chunk_size is None:
@@ -275,10 +313,18 @@ def _evaluate(
     aps, firsts = [], []
     for start in range(0, num_query, chunk_size):
         block = scores_of(start, min(start + chunk_size, num_query))  # (c, G_kept)
+        if _numpy_on(device):
+            pairs = (t.numpy() for t in protocol.same_pid_pairs(start, start + len(block)))
+            found = match_positions(block.numpy(), *pairs, bound=bound, workers=torch.get_num_threads())
+            ap, first = _ap_and_first(*(torch.from_numpy(a) for a in found), len(block), ap_mode=ap_mode)
+            aps.append(ap)
+            firsts.append(first)
+            continue
         for offset in range(0, len(block), sub_rows):
             stop = min(offset + sub_rows, len(block))
             pairs = pairs_on_device.same_pid_pairs(start + offset, start + stop)
-            ap, first = _block_ranks(block[offset:stop], *pairs, ap_mode=ap_mode, bound=bound)
+            found = _block_ranks(block[offset:stop], *pairs, bound=bound)
+            ap, first = _ap_and_first(*found, stop - offset, ap_mode=ap_mode)
             aps.append(ap.cpu())
             firsts.append(first.cpu())
     ap = torch.cat(aps) if aps else torch.zeros(0, dtype=torch.float64)
@@ -307,6 +353,7 @@ def _evaluate(
         "cmc": cmc,
         "num_queries": num_query,
         "num_valid_queries": num_valid,
+        "ap_mode": ap_mode,
     }
 
 
@@ -316,26 +363,25 @@ def _block_ranks(
     cols: torch.Tensor,
     is_match: torch.Tensor,
     *,
-    ap_mode: str,
     bound: float | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """AP and first-hit position of each query of one block that has a true match.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The positions of the true matches of one block (the torch path, on CUDA).
 
     Args:
         scores: (c, G) similarities of the block's queries to the kept gallery, higher first.
         rows, cols, is_match: (P,) the block's same-id pairs (see `_Protocol.same_pid_pairs`).
-        ap_mode: AP convention.
         bound: a known bound on ``|scores|`` (cosine similarities), or None to measure the block's range.
 
     Returns:
-        (c_valid,) float64 AP and (c_valid,) int64 0-based position of the first true match, in query order.
+        (M,) row, (M,) 1-based order among the row's matches and (M,) 0-based position among the valid gallery
+        items of every true match, rows ascending.
     """
     num_rows, num_cols = scores.shape
     match_rows, match_cols = rows[is_match], cols[is_match]
     match_scores = scores[match_rows, match_cols]  # (M,)
     num_matches = len(match_rows)
     if num_matches == 0:
-        return torch.zeros(0, dtype=torch.float64, device=scores.device), match_rows
+        return match_rows, match_rows, match_rows
     per_row = torch.bincount(match_rows, minlength=num_rows)  # (c,)
 
     # Only items scoring at least as high as the query's worst match can precede one of its matches.
@@ -384,6 +430,24 @@ def _block_ranks(
     hit = row_end - position  # 1-based order of the match among its query's matches
     rank = hit - 1 + outranking  # 0-based position among the valid gallery items
 
+    return match_rows, hit, rank
+
+
+def _ap_and_first(
+    match_rows: torch.Tensor, hit: torch.Tensor, rank: torch.Tensor, num_rows: int, *, ap_mode: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """AP and first-hit position of each query of a block with a true match, from its matches' positions.
+
+    Args:
+        match_rows: (M,) block row of each true match, ascending.
+        hit: (M,) 1-based order of the match among its row's matches.
+        rank: (M,) 0-based position of the match among the row's valid gallery items.
+        num_rows: queries in the block.
+        ap_mode: AP convention.
+
+    Returns:
+        (c_valid,) float64 AP and (c_valid,) int64 0-based position of the first true match, in query order.
+    """
     hit_f, rank_f = hit.double(), rank.double()
     precision = hit_f / (rank_f + 1)
     if ap_mode == "standard":
@@ -391,8 +455,9 @@ def _block_ranks(
     else:
         previous = torch.where(rank > 0, (hit_f - 1) / rank_f.clamp(min=1), 1.0)
         term = (previous + precision) / 2
+    per_row = torch.bincount(match_rows, minlength=num_rows)
     valid = per_row > 0
-    ap_sum = torch.zeros(num_rows, dtype=torch.float64, device=scores.device).index_add_(0, match_rows, term)
+    ap_sum = torch.zeros(num_rows, dtype=torch.float64, device=hit.device).index_add_(0, match_rows, term)
     return ap_sum[valid] / per_row[valid], rank[hit == 1]
 
 

@@ -1,19 +1,18 @@
 """Pictures of a ranking: the CMC curve and rank lists (query + top-k gallery, green = same id, red = other).
 
 matplotlib is optional (``pip install 'reid-accel[viz]'``) and imported only here, inside the functions. Figures are
-drawn on the Agg canvas directly (no pyplot, no global backend switch) and written atomically: a temporary file in
-the target folder, then ``os.replace``. Rank lists come from `reid_accel.metrics.top_k_gallery`.
+drawn on the Agg canvas directly (no pyplot, no global backend switch) and written atomically
+(`reid_accel.fileio.atomic_path`). Rank lists come from `reid_accel.metrics.top_k_gallery`.
 """
 
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from reid_accel.errors import ReidAccelError
+from reid_accel.fileio import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -160,16 +159,9 @@ def _matplotlib(caller: str):
 
 
 def _save(fig, path: str | Path) -> Path:
-    """Writes ``fig`` as PNG atomically: temporary file in the same folder, then ``os.replace``."""
+    """Writes ``fig`` as PNG atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            fig.savefig(stream, format="png")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     logger.info("wrote %s", path)
     return path

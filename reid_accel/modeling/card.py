@@ -47,7 +47,7 @@ def model_card(encoder_config: dict[str, Any], metrics: dict[str, Any] | None = 
     evaluated = (data.get("eval") or data.get("target") or data.get("source") or {}).get("name")
     evaluations = (metrics or {}).get("evaluations", [])
     last = evaluations[-1] if evaluations else None
-    ap_mode = (metrics or {}).get("run", {}).get("ap_mode", "standard")
+    ap_mode = (last or {}).get("ap_mode", "standard")  # runs recorded before it was stored used "standard"
     results = []
     if last is not None and evaluated:
         for key, name in (("mAP", "mAP"), ("rank1", "rank-1"), ("rank5", "rank-5"), ("rank10", "rank-10")):

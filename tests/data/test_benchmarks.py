@@ -102,10 +102,16 @@ def test_cuhk03_subsets(cuhk_root):
     detected = cuhk03_np.parse(cuhk_root, subset="detected")
     assert rows(detected.train, cuhk_root)[2] == ("detected/bounding_box_train/0004_c1_1.png", 4, 0)
     assert rows(detected.query, cuhk_root) == [("detected/query/0010_c1_1.png", 10, 0)]
-    # root may be the subset folder itself
+    # root may be the subset folder itself: without a subset option, that subset is read
     assert cuhk03_np.parse(cuhk_root / "detected", subset="detected") == detected
-    with pytest.raises(DatasetLayoutError, match=r"'detected' subset folder, but subset='labeled'"):
-        cuhk03_np.parse(cuhk_root / "detected")
+    assert cuhk03_np.parse(cuhk_root / "detected") == detected
+    assert cuhk03_np.parse(cuhk_root / "labeled") == labeled
+    with pytest.raises(DatasetLayoutError) as contradiction:
+        cuhk03_np.parse(cuhk_root / "detected", subset="labeled")
+    assert str(contradiction.value) == (
+        f"{cuhk_root / 'detected'}: this is the 'detected' subset folder, but subset='labeled' was asked; "
+        "pass subset='detected' or leave it out"
+    )
     with pytest.raises(DatasetLayoutError, match=r"subset 'detect' is unknown"):
         cuhk03_np.parse(cuhk_root, subset="detect")
 
@@ -313,8 +319,9 @@ def test_registry_is_a_read_only_literal_with_uniform_modules():
         get_benchmark("viper")
 
 
-def test_options_are_checked_and_completed():
+def test_options_are_checked_and_completed(cuhk_root):
     assert split_options("cuhk03", {}) == ({}, {"subset": "labeled"})
+    assert split_options("cuhk03", {}, root=cuhk_root / "detected") == ({}, {"subset": "detected"})
     assert split_options("synthetic", {"domain": "b"}) == ({"domain": "b", "seed": 0, "num_ids": None}, {})
     with pytest.raises(DatasetLayoutError, match=r"benchmark 'cuhk03' has no option 'subest' \(its options: subset\)"):
         split_options("cuhk", {"subest": "detected"})
@@ -322,10 +329,15 @@ def test_options_are_checked_and_completed():
         split_options("market1501", {"subset": "labeled"})
 
 
-def test_official_stats_lookup():
+def test_official_stats_lookup(cuhk_root):
     assert official_stats("market") is market1501.OFFICIAL_STATS
     assert official_stats("cuhk03") is cuhk03_np.OFFICIAL_STATS["labeled"]
     assert official_stats("cuhk03", subset="detected")["gallery"] == SplitStats(5_332, 700, 2)
+    assert official_stats("cuhk03", cuhk_root) is cuhk03_np.OFFICIAL_STATS["labeled"]
+    assert official_stats("cuhk03", cuhk_root / "detected") is cuhk03_np.OFFICIAL_STATS["detected"]
+    assert official_stats("cuhk03", cuhk_root / "detected", subset="detected") is cuhk03_np.OFFICIAL_STATS["detected"]
+    with pytest.raises(DatasetLayoutError, match="'detected' subset folder, but subset='labeled'"):
+        official_stats("cuhk03", cuhk_root / "detected", subset="labeled")
     assert official_stats("msmt17")["gallery"].images == 82_161
     assert official_stats("dukemtmc")["train"] == SplitStats(16_522, 702, 8)
     assert official_stats("synthetic") is None

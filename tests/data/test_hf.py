@@ -111,6 +111,8 @@ def test_options_and_roots_key_the_cache(tmp_path, cache_dir, count_parses):
     assert calls == [{"subset": "labeled"}, {"subset": "detected"}]
     by_subset_folder = load_benchmark("cuhk03", root / "detected", cache_dir=cache_dir, subset="detected")
     assert len(calls) == 3 and by_subset_folder["train"]["path"] == detected["train"]["path"]
+    load_benchmark("cuhk03", root / "detected", cache_dir=cache_dir)  # the folder names its subset: same entry
+    assert len(calls) == 3
 
 
 def test_default_cache_is_under_the_datasets_cache(tmp_path):

@@ -28,7 +28,7 @@ def test_two_epochs_end_to_end(straight_run):
     assert [e["epoch"] for e in metrics["evaluations"]] == [1, 2]
     for evaluation in metrics["evaluations"]:
         assert 0.0 <= evaluation["mAP"] <= 1.0 and 0.0 <= evaluation["rank1"] <= evaluation["rank5"] <= 1.0
-        assert evaluation["num_valid_queries"] == 20
+        assert evaluation["num_valid_queries"] == 20 and evaluation["ap_mode"] == "standard"
     assert metrics["run"]["world_size"] == 1 and metrics["run"]["micro_batch_target"] == 16
     assert torch.__version__.startswith(metrics["run"]["packages"]["torch"])
     assert metrics["config"]["model"]["backbone"] == "test_resnet"

@@ -114,6 +114,16 @@ def test_model_card_metadata_parses_and_carries_the_results(run_dir):
     assert "| 2 | 43.2 | 60.0 | 80.0 | 90.0 |" in card.text
     assert 'ReIDEncoder.from_pretrained("me/duke2market")' in card.text and "@inproceedings{luo2020" in card.text
     assert yaml.safe_load(card.content.split("---")[1])["model-index"][0]["results"]
+    assert "(standard AP, Market-1501 protocol)" in card.text  # entries without `ap_mode` predate it: standard
+
+
+def test_model_card_names_the_ap_convention_of_the_evaluations(run_dir):
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for evaluation in metrics["evaluations"]:
+        evaluation["ap_mode"] = "trapezoid"
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    card = ModelCard.load(hub.write_model_card(run_dir / "model", metrics_path=run_dir / "metrics.json"))
+    assert "## Results on Market-1501 (trapezoid AP, Market-1501 protocol)" in card.text
 
 
 @pytest.fixture

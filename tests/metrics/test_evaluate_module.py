@@ -14,6 +14,7 @@ SCRIPT = """
 import json, sys
 import evaluate
 import numpy as np
+import torch
 from reid_accel.metrics import evaluate_module_path
 
 data = np.load(sys.argv[1])
@@ -40,6 +41,18 @@ try:
     metric.compute(features=features[:2], pids=pids[:2], camids=camids[:2], splits=["query", "probe"])
 except ValueError as error:
     results["error"] = str(error)
+# row by row, features as a tensor and as plain lists
+for row in range(len(pids)):
+    value = torch.from_numpy(features[row]) if row % 2 else features[row].tolist()
+    metric.add(features=value, pids=int(pids[row]), camids=int(camids[row]), splits=splits[row])
+out = metric.compute()
+results["rows"] = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in out.items()}
+metric.add_batch(features=features[:3], pids=pids[:3], camids=camids[:3], splits=splits[:3])
+metric.add_batch(features=features[3:, :-1], pids=pids[3:], camids=camids[3:], splits=splits[3:])
+try:
+    metric.compute()
+except ValueError as error:
+    results["lengths"] = str(error)
 print(json.dumps(results))
 """
 
@@ -74,6 +87,8 @@ def test_load_by_path_compute_and_add_batch(tmp_path):
     assert direct["mAP"] == rank_metrics(qf, gf, qp, gp, qc, gc)["mAP"]
     assert len(direct["cmc"]) == 50
     assert "splits holds ['probe']" in results["error"]
+    assert results["rows"] == direct
+    assert "features rows differ in length (the longest has 12 values)" in results["lengths"]
 
 
 def test_module_path_is_package_data():

@@ -5,7 +5,19 @@ import pytest
 import torch
 
 from reid_accel.errors import ReidAccelError
-from reid_accel.metrics import rank_metrics, rank_metrics_from_distance, top_k_gallery
+from reid_accel.metrics import cpu_ranking, rank_metrics, rank_metrics_from_distance, ranking, top_k_gallery
+
+
+@pytest.fixture(params=["numpy", "numpy-small-chunks-numpy-blas", "torch"], autouse=True)
+def ranking_path(request, monkeypatch):
+    """Every test runs each CPU path: numpy ranking (the CPU's; also in chunks of a few rows, after numpy's
+    product) and torch ranking (CUDA's)."""
+    if request.param == "torch":
+        monkeypatch.setattr(ranking, "_numpy_on", lambda device: False)
+    elif request.param == "numpy-small-chunks-numpy-blas":
+        monkeypatch.setattr(cpu_ranking, "_CHUNK_ENTRIES", 1000)
+        monkeypatch.setattr(ranking, "_numpy_blas_is_faster", lambda: True)
+    return request.param
 
 
 def reference_metrics(distmat, q_pids, g_pids, q_cams, g_cams, ap_mode, max_rank):
@@ -186,6 +198,7 @@ def test_hand_computed_example():
     np.testing.assert_allclose(standard["cmc"], [1.0, 1.0, 1.0])
     trapezoid = rank_metrics_from_distance(distmat, [7], g_pids, [0], g_cams, ap_mode="trapezoid")
     assert trapezoid["mAP"] == pytest.approx(0.5 * (1 + 1) / 2 + 0.5 * (1 / 2 + 2 / 3) / 2)
+    assert (standard["ap_mode"], trapezoid["ap_mode"]) == ("standard", "trapezoid")  # each result names its rule
     # first hit at position 2 (1 miss before): rank-1 fails, rank-5 holds
     late = rank_metrics_from_distance(np.array([[0.3, 0.2, 0.3, 0.1, 0.5, 0.6]]), [7], g_pids, [0], g_cams)
     assert (late["rank1"], late["rank5"]) == (0.0, 1.0)

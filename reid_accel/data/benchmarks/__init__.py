@@ -3,12 +3,15 @@
 A benchmark module has a docstring (paper, URL, official counts), an `OFFICIAL_STATS` constant (split name ->
 `SplitStats`, keyed first by subset when `parse` has a `subset` option, or None when there is no official
 release) and one `parse(root, *, <explicit options>) -> Split` that reads file names and split files only: it
-never opens an image and never touches the network. A module may also define `prepare(root, *, <options>)`,
-run before the folder is read (the synthetic worlds generate themselves there). Adding a benchmark is one
-module here plus one line in `BENCHMARKS`.
+never opens an image and never touches the network. A module with a `subset` option also has
+`subset_of(root, subset)`, the subset a parse of `root` reads (the folder can name it). A module may also define
+`prepare(root, *, <options>)`, run before the folder is read (the synthetic worlds generate themselves there),
+and a `NOTICE`, a line logged as a warning whenever it is loaded (a withdrawn dataset's terms).
+Adding a benchmark is one module here plus one line in `BENCHMARKS`.
 """
 
 import inspect
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType, ModuleType
@@ -52,14 +55,22 @@ def _keyword_defaults(function: Callable) -> dict[str, Any]:
     return {p.name: p.default for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
-def split_options(name: str, options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def split_options(
+    name: str, options: Mapping[str, Any], *, root: str | os.PathLike | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Sort a benchmark's options into those of `prepare` and those of `parse`, defaults filled in.
 
+    Args:
+        name: benchmark name or alias.
+        options: the options given.
+        root: the folder to be read; a `subset` left out is resolved against it (see `subset_of`).
+
     Returns:
-        (prepare options, parse options); the latter are complete, so they can key a cache.
+        (prepare options, parse options); the latter are complete and resolved, so they can key a cache.
 
     Raises:
-        DatasetLayoutError: an option that neither function takes, naming the accepted ones.
+        DatasetLayoutError: an option that neither function takes, naming the accepted ones, or a subset that
+            is unknown or contradicts the folder.
     """
     canonical, module = get_benchmark(name)
     prepare = getattr(module, "prepare", None)
@@ -73,6 +84,8 @@ def split_options(name: str, options: Mapping[str, Any]) -> tuple[dict[str, Any]
         else:
             known = ", ".join(sorted({*prepare_options, *parse_options})) or "none"
             raise DatasetLayoutError(f"benchmark {canonical!r} has no option {key!r} (its options: {known})")
+    if "subset" in parse_options:
+        parse_options["subset"] = module.subset_of(root, parse_options["subset"])
     return prepare_options, parse_options
 
 
@@ -91,7 +104,7 @@ def check_domain(domain: DomainConfig, key: str) -> None:
     """
     for field, check in (
         ("name", lambda: get_benchmark(domain.name)),
-        ("options", lambda: split_options(domain.name, domain.options)),
+        ("options", lambda: split_options(domain.name, domain.options, root=domain.resolved_root())),
         ("root", lambda: check_root(domain.name, domain.resolved_root())),
     ):
         try:
@@ -100,11 +113,16 @@ def check_domain(domain: DomainConfig, key: str) -> None:
             raise ConfigError(f"{key}.{field}: {err}") from None
 
 
-def official_stats(name: str, **options: Any) -> Mapping[str, SplitStats] | None:
-    """The official per-split counts of a benchmark loaded with `options`, or None when it has none."""
+def official_stats(
+    name: str, root: str | os.PathLike | None = None, **options: Any
+) -> Mapping[str, SplitStats] | None:
+    """The official per-split counts of a benchmark read from `root` with `options`, or None when it has none.
+
+    `root` matters only for a benchmark with subsets, where it may be a subset folder (cuhk03's `detected/`).
+    """
     _, module = get_benchmark(name)
-    _, parse_options = split_options(name, options)
+    _, parse_options = split_options(name, options, root=root)
     stats = module.OFFICIAL_STATS
     if stats is not None and "subset" in parse_options:
-        stats = stats.get(parse_options["subset"])
+        stats = stats[parse_options["subset"]]
     return stats
