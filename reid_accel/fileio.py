@@ -80,6 +80,15 @@ def _fsync_tree(root: Path) -> None:
 
 
 @contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """Report a failure to create the hidden copy under the destination's name, which is what the user gave."""
+    try:
+        yield
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, str(path)) from None
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary file beside `path`; it replaces `path` only if the block finishes without error.
 
@@ -89,7 +98,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _hidden_sibling(path, path.suffix or ".tmp")
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # 0o666 minus the umask, like `open`
+    with _naming(path):
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # 0o666 minus the umask, like `open`
     try:
         yield tmp
         _fsync_file(tmp)
@@ -112,7 +122,8 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = _hidden_sibling(path, ".partial")
-    staging.mkdir()  # unlike `tempfile.mkdtemp` (0o700), keeps the umask's permissions for the final folder
+    with _naming(path):
+        staging.mkdir()  # unlike `tempfile.mkdtemp` (0o700), keeps the umask's permissions for the final folder
     try:
         yield staging
         _fsync_tree(staging)

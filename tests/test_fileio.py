@@ -147,3 +147,11 @@ def test_a_folder_never_lands_half_written_or_over_another(tmp_path):
         (staging / "train.arrow").write_bytes(b"second")
     assert (target / "train.arrow").read_bytes() == b"first"
     assert [p.name for p in tmp_path.iterdir()] == ["cache"]
+
+
+def test_a_destination_that_cannot_be_created_is_named(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(OSError) as failed:
+        write_text_atomic(blocker / "out.txt", "x")
+    assert failed.value.filename in (str(blocker), str(blocker / "out.txt"))
