@@ -17,6 +17,7 @@ method's own work (augmentation, the target branch, the memory, logging) costs.
 
 import argparse
 import resource
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -106,10 +107,11 @@ def bench_layouts(args: argparse.Namespace) -> list[str]:
 
 
 def bench_ratio(args: argparse.Namespace) -> list[str]:
+    """The run's `train_step` against the bare step on the same sequence of batches, alternating step by step."""
     run = build_run(args.config, args.overrides)
-    batch, epoch = training_batches(run, 1)[0], every_term_epoch(run)
+    batches, epoch = training_batches(run, args.steps + 1), every_term_epoch(run)
+    encoder, device = run.encoder, run.accelerator.device
     torch.manual_seed(0)
-    encoder = run.encoder
     bare = CrossDomainNetwork(
         ReIDEncoder(
             encoder.backbone_name,
@@ -119,22 +121,32 @@ def bench_ratio(args: argparse.Namespace) -> list[str]:
             std=encoder.std,
         ),
         run.accelerator.unwrap_model(run.network).classifier.out_features,
-    ).to(run.accelerator.device)
+    ).to(device)
     optimizer = torch.optim.SGD(bare.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    device = run.accelerator.device
-    pixels = run.augmentation(batch["pixel_values"].to(device), augmentation_draws(run, epoch=epoch, step=0))
-    labels = batch["pid"].clamp_min(0).to(device)
+    augmented = [  # the bare step gets the images already augmented, as the step would augment them
+        run.augmentation(b["pixel_values"].to(device), augmentation_draws(run, epoch=epoch, step=i))
+        for i, b in enumerate(batches)
+    ]
 
-    def bare_step() -> None:
+    def bare_step(i: int) -> None:
+        pixels = augmented[i]
         logits = bare(pixels, num_source=len(pixels), source_neck="train")["source_logits"]
-        torch.nn.functional.cross_entropy(logits, labels).backward()
+        torch.nn.functional.cross_entropy(logits, batches[i]["pid"].clamp_min(0).to(device)).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    timings = interleaved_timings(
-        {"bare step": bare_step, "train_step": lambda: train_step(run, batch, epoch=epoch, step=0)}, args.steps
+    steps = {"bare step": bare_step, "train_step": lambda i: train_step(run, batches[i], epoch=epoch, step=i)}
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for i in range(len(batches)):
+        for name, step in steps.items():
+            started = time.perf_counter()
+            step(i)
+            if i > 0:  # the first batch warms both up
+                times[name].append(time.perf_counter() - started)
+    timings = {name: (min(t), statistics.median(t)) for name, t in times.items()}
+    rows = table_rows(
+        f"{args.steps} steps of {run.layout.global_batch} images, epoch {epoch}", timings, "bare step", 1e-3
     )
-    rows = table_rows(f"{run.layout.global_batch} images, epoch {epoch}", timings, "bare step", 1e-3)
     images = run.layout.global_batch
     (_, bare_median), (_, full_median) = timings["bare step"], timings["train_step"]
     rows.append(

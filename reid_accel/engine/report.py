@@ -7,6 +7,7 @@ moment leaves the last complete version behind, and a resumed run carries on the
 import importlib.metadata
 import json
 import logging
+import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,13 @@ def environment_info() -> dict[str, Any]:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
-    return {"python": platform.python_version(), "cuda": torch.version.cuda, "packages": versions}
+    return {
+        "python": platform.python_version(),
+        "cuda": torch.version.cuda,
+        "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+        "packages": versions,
+    }
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
