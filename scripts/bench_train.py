@@ -4,6 +4,7 @@
         model.backbone=resnet50.tv_in1k model.pretrained=false data.height=256 data.width=128 data.batch_size=16
     python scripts/bench_train.py --parts layout --bn 64 32 data.batch_size=64     # the demo, 32+32 vs 2 x 16+16
     python scripts/bench_train.py --parts ratio --steps 20                         # the demo's step vs a bare step
+    python scripts/bench_train.py --parts breakdown --steps 20                     # where the demo's step goes
 
 Every part builds the training run that `reid-accel train CONFIG key=value...` would build (`setup`) and times
 `train_step`, the step training runs. `loader` times the train loader alone (decode, resize, uint8 batches) over
@@ -12,7 +13,9 @@ whole steps for each precision, reporting images/s and peak memory. `layout` tim
 each `data.bn_batch_size` (`--bn`), interleaved: a smaller BN group runs as several micro-batches with gradient
 accumulation. `ratio` times the run's `train_step` against the bare step of the same network on the same (already
 augmented) images: forward, cross-entropy, backward and SGD, nothing else; their throughput ratio is what the
-method's own work (augmentation, the target branch, the memory, logging) costs.
+method's own work (augmentation, the target branch, the memory, logging) costs. `breakdown` runs `train_step` under
+torch's profiler and reports the time inside each of the step's labelled ranges (`reid_accel.*`: augmentation,
+forward, objective with the target branch and its neighbour diagnostics inside, backward, optimizer, memory update).
 """
 
 import argparse
@@ -156,12 +159,32 @@ def bench_ratio(args: argparse.Namespace) -> list[str]:
     return rows
 
 
+def bench_breakdown(args: argparse.Namespace) -> list[str]:
+    """Milliseconds per step inside each `reid_accel.*` range of `train_step`, and its share of the step."""
+    run = build_run(args.config, args.overrides)
+    batches, epoch = training_batches(run, args.steps + 1), every_term_epoch(run)
+    train_step(run, batches[0], epoch=epoch, step=0)  # warm-up
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        started = time.perf_counter()
+        for step, batch in enumerate(batches[1:], start=1):
+            train_step(run, batch, epoch=epoch, step=step)
+        step_ms = (time.perf_counter() - started) / args.steps * 1e3
+    ranges = {
+        e.key: e.cpu_time_total / 1e3 / args.steps for e in profile.key_averages() if e.key.startswith("reid_accel.")
+    }
+    rows = [
+        f"| whole step ({args.steps} steps of {run.layout.global_batch} images, epoch {epoch}) | {step_ms:.1f} | 1.000 |"
+    ]
+    rows += [f"| {name} | {ms:.1f} | {ms / step_ms:.3f} |" for name, ms in sorted(ranges.items(), key=lambda r: -r[1])]
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, as for reid-accel train")
     parser.add_argument("--config", default="configs/synthetic.yaml")
     parser.add_argument(
-        "--parts", nargs="+", choices=("loader", "step", "layout", "ratio"), default=["loader", "step"]
+        "--parts", nargs="+", choices=("loader", "step", "layout", "ratio", "breakdown"), default=["loader", "step"]
     )
     parser.add_argument("--steps", type=int, default=5, help="timed steps (per variant in `layout`)")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="loader workers to try")
@@ -182,6 +205,9 @@ def main() -> None:
     if "ratio" in args.parts:
         print(f"| step | variant {header}")
         print("\n".join(bench_ratio(args)), flush=True)
+    if "breakdown" in args.parts:
+        print("| range | ms per step | share of the step |\n|---|---|---|")
+        print("\n".join(bench_breakdown(args)), flush=True)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, set_seed
+from torch.profiler import record_function
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -334,7 +335,7 @@ def _micro_batch_loss(
     num_source, two_domains = run.layout.domain_share, run.layout.two_domains
     if lam is not None:
         pixel_values = mix_pixels(pixel_values, num_source=num_source, lam=lam)
-    with run.accelerator.autocast():
+    with run.accelerator.autocast(), record_function("reid_accel.forward"):
         outputs = run.forward(pixel_values, num_source=num_source, source_neck="batch" if two_domains else "train")
     target = {}
     if two_domains:
@@ -346,15 +347,16 @@ def _micro_batch_loss(
             "memory_camids": run.memory.camids,
             "memory_pids": run.memory_pids,
         }
-    loss, components = run.objective(
-        epoch=epoch,
-        source_features=outputs["source_features"],
-        source_logits=outputs["source_logits"],
-        source_labels=batch["pid"][:num_source],
-        classifier_weight=run.accelerator.unwrap_model(run.network).classifier.weight,
-        lam=lam,
-        **target,
-    )
+    with record_function("reid_accel.objective"):
+        loss, components = run.objective(
+            epoch=epoch,
+            source_features=outputs["source_features"],
+            source_logits=outputs["source_logits"],
+            source_labels=batch["pid"][:num_source],
+            classifier_weight=run.accelerator.unwrap_model(run.network).classifier.weight,
+            lam=lam,
+            **target,
+        )
     return loss, components, outputs["target_features"]
 
 
@@ -369,7 +371,8 @@ def train_step(run: Run, batch: dict[str, torch.Tensor], *, epoch: int, step: in
     """
     accelerator, layout = run.accelerator, run.layout
     batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
-    pixel_values = run.augmentation(batch["pixel_values"], augmentation_draws(run, epoch=epoch, step=step))
+    with record_function("reid_accel.augmentation"):
+        pixel_values = run.augmentation(batch["pixel_values"], augmentation_draws(run, epoch=epoch, step=step))
     if run.cfg.model.channels_last:
         pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
     size, count = layout.micro_batch, layout.micro_batches
@@ -387,16 +390,19 @@ def train_step(run: Run, batch: dict[str, torch.Tensor], *, epoch: int, step: in
             loss, components, features = _micro_batch_loss(
                 run, pixel_values[part], {k: v[part] for k, v in batch.items()}, epoch=epoch, lam=lam
             )
-            accelerator.backward(loss / count)
+            with record_function("reid_accel.backward"):
+                accelerator.backward(loss / count)
         for name, value in components.items():
             totals[name] = totals.get(name, 0) + value / count
         target_features.append(features.detach())
-    run.optimizer.step()
-    run.optimizer.zero_grad(set_to_none=True)
+    with record_function("reid_accel.optimizer"):
+        run.optimizer.step()
+        run.optimizer.zero_grad(set_to_none=True)
     if layout.two_domains:
         slots = batch["index"].view(count, size)[:, layout.domain_share :].reshape(-1)  # (P/2,) in position order
         momentum = memory_momentum(epoch, momentum=run.cfg.objective.memory_momentum)
-        run.memory.update(torch.cat(target_features), slots, momentum)
+        with record_function("reid_accel.memory_update"):
+            run.memory.update(torch.cat(target_features), slots, momentum)
     return totals
 
 

@@ -8,6 +8,7 @@ this step. The single-domain baseline is the same objective with `target_branch=
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.profiler import record_function
 
 from reid_accel.objectives.mixup import mixup_virtual_class_loss
 from reid_accel.objectives.neighbourhood import (
@@ -158,7 +159,10 @@ class CAILObjective:
                 if missing:
                     raise ValueError(f"the target branch needs {', '.join(missing)}")
                 weights = self.target_weights(epoch)
-                with torch.set_grad_enabled(torch.is_grad_enabled() and any(w != 0 for w in weights.values())):
+                with (
+                    torch.set_grad_enabled(torch.is_grad_enabled() and any(w != 0 for w in weights.values())),
+                    record_function("reid_accel.target_branch"),
+                ):
                     losses, diagnostics = self._target_losses(**target, memory_pids=memory_pids)
                 components.update(diagnostics)
                 for name, loss in losses.items():
@@ -186,7 +190,10 @@ class CAILObjective:
             target_camids, memory_camids = torch.zeros_like(target_camids), torch.zeros_like(memory_camids)
         diagnostics = {}
         if memory_pids is not None:
-            stats = neighbour_statistics(sim, target_camids, memory_camids, target_slots, memory_pids, eps=self.eps)
+            with record_function("reid_accel.neighbour_diagnostics"):
+                stats = neighbour_statistics(
+                    sim, target_camids, memory_camids, target_slots, memory_pids, eps=self.eps
+                )
             if self.neighbor_mode == 0:
                 stats = {name.replace("intra_", "all_"): v for name, v in stats.items() if name.startswith("intra_")}
             diagnostics = {f"{NEIGHBOUR_PREFIX}{name}": value for name, value in stats.items()}
