@@ -396,10 +396,10 @@ def _busy_cores(window_s: float = 0.2) -> float | None:
 def _choose_openmp_wait_policy() -> str | None:
     """Let idle OpenMP threads sleep (`OMP_WAIT_POLICY=PASSIVE`) when other work already runs on the machine.
 
-    Spinning threads make a step a third faster on idle cores, but when another job holds a core every parallel
-    operation waits for a descheduled thread and training slows 1.5-3x (BENCHMARKS.md). So the choice follows what
-    the cores are doing when the command starts; it must be made before torch is imported (the handlers import it),
-    and a policy set by the user is kept. Returns what was decided, for the log.
+    Spinning threads make a step 1.4x faster on idle cores, but when another job holds a core every parallel
+    operation waits for a descheduled thread and the step runs 1.4x slower than with sleeping ones (BENCHMARKS.md).
+    So the choice follows what the cores are doing when the command starts; it must be made before torch is imported
+    (the handlers import it), and a policy set by the user is kept. Returns what was decided, for the log.
     """
     if "OMP_WAIT_POLICY" in os.environ:
         return None

@@ -70,8 +70,14 @@ def train(config: str, name: str, seed: int, output_dir: Path, threads: int) -> 
     }
 
 
-def _cell(stats: dict[str, float]) -> str:
-    return f"{stats['mean']:.1f} ± {stats['sd']:.1f} [{stats['low']:.1f}, {stats['high']:.1f}]"
+def _cell(stats: dict[str, float], *, gain: bool = False) -> str:
+    """mean ± sd [95 % interval]: a percentage's interval shown within [0, 100], a gain's signed (the JSON keeps both
+    as computed); one seed has no spread to show."""
+    sign = "+" if gain else ""
+    if stats["n"] < 2:
+        return f"{stats['mean']:{sign}.1f} (one seed)"
+    low, high = (stats["low"], stats["high"]) if gain else (max(stats["low"], 0.0), min(stats["high"], 100.0))
+    return f"{stats['mean']:{sign}.1f} ± {stats['sd']:.1f} [{low:{sign}.1f}, {high:{sign}.1f}]"
 
 
 def main() -> None:
@@ -107,7 +113,7 @@ def main() -> None:
         print(f"| {VARIANTS[name][0]} | {_cell(stats['mAP'])} | {_cell(stats['rank1'])} |")
     print("\n| part | mAP gain, paired by seed (points) |\n|---|---|")
     for part, stats in parts.items():
-        print(f"| {part} | {stats['mean']:+.1f} ± {stats['sd']:.1f} [{stats['low']:+.1f}, {stats['high']:+.1f}] |")
+        print(f"| {part} | {_cell(stats, gain=True)} |")
 
 
 if __name__ == "__main__":
