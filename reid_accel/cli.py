@@ -122,7 +122,7 @@ def _add_data_commands(commands: argparse._SubParsersAction) -> None:
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
 
     info = data_commands.add_parser("info", help="images, identities and cameras per split, checked")
-    info.add_argument("name", help="benchmark: market1501, dukemtmc, cuhk03, msmt17, market_style, synthetic")
+    info.add_argument("name", help="benchmark: market1501, dukemtmc, cuhk03, msmt17, market_style, synthetic, saved")
     info.add_argument("root", type=Path, help="the benchmark folder as extracted")
     info.add_argument("--subset", help=SUBSET_HELP)
     info.add_argument("--verify", action="store_true", help="also decode every image")

@@ -23,7 +23,7 @@ from typing import Any
 
 import PIL.Image
 import pyarrow as pa
-from datasets import Dataset, DatasetDict, DatasetInfo, Features, Image, NamedSplit, Value
+from datasets import Dataset, DatasetDict, DatasetInfo, Features, Image, NamedSplit, Value, load_from_disk
 from datasets import config as datasets_config
 from datasets.arrow_writer import ArrowWriter
 
@@ -147,6 +147,8 @@ def load_benchmark(
     if hasattr(module, "prepare"):
         module.prepare(root, **prepare_options)
     check_root(canonical, root)
+    if getattr(module, "STORED", False):
+        return load_saved(root)
     key = fingerprint(canonical, root, parse_options)
     entry = Path(cache_dir if cache_dir is not None else default_cache_dir()) / f"{canonical}-{key}"
     if not entry.is_dir():
@@ -158,6 +160,29 @@ def load_benchmark(
     else:
         logger.info("Loaded %s at %s from the cache %s", canonical, root, entry)
     return _read_cache(entry, canonical)
+
+
+def load_saved(root: Path) -> DatasetDict:
+    """A re-ID `DatasetDict` written by `save_to_disk`, checked for the splits and columns training reads.
+
+    Raises:
+        DatasetLayoutError: the folder is not a saved `DatasetDict`, or lacks a split or a column.
+    """
+    try:
+        dataset = load_from_disk(str(root))
+    except FileNotFoundError:
+        raise DatasetLayoutError(f"{root}: not a dataset folder written by save_to_disk") from None
+    if not isinstance(dataset, DatasetDict):
+        raise DatasetLayoutError(f"{root}: holds one split; expected splits {', '.join(SPLIT_NAMES)}")
+    missing = [name for name in SPLIT_NAMES if name not in dataset]
+    if missing:
+        raise DatasetLayoutError(f"{root}: no split {', '.join(missing)} (it has {', '.join(dataset)})")
+    for name in SPLIT_NAMES:
+        absent = [column for column in FEATURES if column not in dataset[name].column_names]
+        if absent:
+            raise DatasetLayoutError(f"{root}: split {name} has no column {', '.join(absent)}")
+    logger.info("Loaded the saved dataset %s (%s)", root, ", ".join(f"{n} {len(dataset[n])}" for n in SPLIT_NAMES))
+    return DatasetDict({name: dataset[name] for name in SPLIT_NAMES})
 
 
 def column_values(split: Dataset, column: str) -> list:

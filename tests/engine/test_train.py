@@ -9,6 +9,8 @@ from safetensors.torch import load_file
 
 from reid_accel.cli import main
 from reid_accel.config import load_config
+from reid_accel.data import load_benchmark
+from reid_accel.data.synthetic import generate_world
 from reid_accel.engine import train as train_module
 from reid_accel.engine.state import STATE_FILE, checkpoint_dirs
 from reid_accel.engine.train import LossNotFinite, TrainingInterrupted, setup, train, train_step
@@ -152,6 +154,21 @@ def test_source_only_baseline_trains_without_a_target(write_config, tmp_path):
     result = train(load_config(config, ["optim.epochs=1", "optim.milestones=[1]"]))
     assert len(result.evaluations) == 1
     assert not (checkpoint_dirs(tmp_path / "run")[-1] / "memory.safetensors").exists()
+
+
+def test_saved_datasets_train_and_evaluate_without_their_image_folders(write_config, tmp_path):
+    domains = {}
+    for domain in "ab":
+        world = generate_world(tmp_path / f"world_{domain}", domain=domain, seed=1, num_ids=6)
+        load_benchmark("synthetic", world, cache_dir=tmp_path / "cache").save_to_disk(tmp_path / f"saved_{domain}")
+        shutil.rmtree(world)
+        domains[domain] = {"name": "saved", "root": str(tmp_path / f"saved_{domain}")}
+    config = write_config(
+        data={"source": domains["a"], "target": domains["b"]}, optim={"epochs": 1, "milestones": [1]}
+    )
+    assert main(["train", str(config), "train.max_steps=2", "data.preload=true"]) == 0
+    (evaluation,) = json.loads((tmp_path / "run" / "metrics.json").read_text())["evaluations"]
+    assert 0 < evaluation["mAP"] <= 1 and evaluation["num_valid_queries"] > 0
 
 
 def test_overrides_may_follow_options(write_config, tmp_path):

@@ -6,7 +6,8 @@ release) and one `parse(root, *, <explicit options>) -> Split` that reads file n
 never opens an image and never touches the network. A module with a `subset` option also has
 `subset_of(root, subset)`, the subset a parse of `root` reads (the folder can name it). A module may also define
 `prepare(root, *, <options>)`, run before the folder is read (the synthetic worlds generate themselves there),
-and a `NOTICE`, a line logged as a warning whenever it is loaded (a withdrawn dataset's terms).
+and a `NOTICE`, a line logged as a warning whenever it is loaded (a withdrawn dataset's terms). A module whose
+folder is already a saved `DatasetDict` (`saved`) sets `STORED = True` instead of defining `parse`.
 Adding a benchmark is one module here plus one line in `BENCHMARKS`.
 """
 
@@ -18,7 +19,7 @@ from types import MappingProxyType, ModuleType
 from typing import Any
 
 from reid_accel.config import DomainConfig
-from reid_accel.data.benchmarks import cuhk03_np, dukemtmc, market1501, market_style, msmt17, synthetic
+from reid_accel.data.benchmarks import cuhk03_np, dukemtmc, market1501, market_style, msmt17, saved, synthetic
 from reid_accel.data.records import SplitStats
 from reid_accel.errors import ConfigError, DatasetLayoutError
 
@@ -30,6 +31,7 @@ BENCHMARKS: Mapping[str, ModuleType] = MappingProxyType(
         "msmt17": msmt17,
         "market_style": market_style,
         "synthetic": synthetic,
+        "saved": saved,
     }
 )
 ALIASES: Mapping[str, str] = MappingProxyType(
@@ -75,7 +77,7 @@ def split_options(
     canonical, module = get_benchmark(name)
     prepare = getattr(module, "prepare", None)
     prepare_options = _keyword_defaults(prepare) if prepare is not None else {}
-    parse_options = _keyword_defaults(module.parse)
+    parse_options = _keyword_defaults(module.parse) if hasattr(module, "parse") else {}
     for key, value in options.items():
         if key in parse_options:
             parse_options[key] = value
@@ -93,7 +95,9 @@ def check_root(name: str, root: Path) -> None:
     """Refuse a missing folder, unless the benchmark draws its own (the synthetic worlds)."""
     canonical, module = get_benchmark(name)
     if not hasattr(module, "prepare") and not root.is_dir():
-        raise DatasetLayoutError(f"{root}: folder not found; expected the extracted {canonical} folder")
+        stored = getattr(module, "STORED", False)
+        expected = "a folder written by save_to_disk" if stored else f"the extracted {canonical} folder"
+        raise DatasetLayoutError(f"{root}: folder not found; expected {expected}")
 
 
 def check_domain(domain: DomainConfig, key: str) -> None:
