@@ -50,12 +50,14 @@ class ReIDImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def _load(self, index: int) -> torch.Tensor:
+    def image(self, index: int) -> PIL.Image.Image:
+        """Row `index`'s image, decoded from the bytes the split stores or else from its file."""
         if self._stored_rows is not None:
-            image = decode_stored_image(self._stored_rows, index)
-        else:
-            image = decode_image(self.paths[index])
-        return self.transform(image)
+            return decode_stored_image(self._stored_rows, index)
+        return decode_image(self.paths[index])
+
+    def _load(self, index: int) -> torch.Tensor:
+        return self.transform(self.image(index))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         pixel_values = self._pixels[index] if self._pixels is not None else self._load(index)

@@ -18,7 +18,6 @@ from tqdm.auto import tqdm
 from reid_accel.config import DomainConfig
 from reid_accel.data import ReIDImageDataset, build_transform, load_benchmark
 from reid_accel.data.benchmarks import check_domain
-from reid_accel.data.hf import column_values
 from reid_accel.fileio import atomic_path, write_json_atomic
 from reid_accel.metrics import rank_metrics, rank_metrics_from_distance, rerank_distance, top_k_gallery
 from reid_accel.metrics.visualize import plot_cmc, plot_rank_list
@@ -120,9 +119,9 @@ def evaluate_model(
         splits = load_benchmark(dataset.name, dataset.resolved_root(), **dataset.options)
     height, width = encoder.input_size
     transform = build_transform(height, width, mean=encoder.mean, std=encoder.std)
+    query_set, gallery_set = (ReIDImageDataset(splits[name], transform) for name in ("query", "gallery"))
     query_loader, gallery_loader = (
-        DataLoader(ReIDImageDataset(splits[name], transform), batch_size=batch_size, num_workers=num_workers)
-        for name in ("query", "gallery")
+        DataLoader(images, batch_size=batch_size, num_workers=num_workers) for images in (query_set, gallery_set)
     )
     encoder, query_loader, gallery_loader = accelerator.prepare(encoder, query_loader, gallery_loader)
     metrics, query, gallery = evaluate_retrieval(
@@ -137,8 +136,7 @@ def evaluate_model(
     settings = {"dataset": dataset.name, "root": str(dataset.resolved_root()), "model": model_reference}
     settings |= {"flip": flip, "rerank": rerank}  # the AP convention comes with the metrics
     if output_dir is not None and accelerator.is_main_process:
-        paths = {name: column_values(splits[name], "path") for name in ("query", "gallery")}
-        write_evaluation(Path(output_dir), metrics, settings, query, gallery, paths)
+        write_evaluation(Path(output_dir), metrics, settings, query, gallery, query_set, gallery_set)
     accelerator.wait_for_everyone()
     return {**metrics, **settings}
 
@@ -149,9 +147,11 @@ def write_evaluation(
     settings: dict,
     query: Embeddings,
     gallery: Embeddings,
-    paths: dict[str, list[str]],
+    query_set: ReIDImageDataset,
+    gallery_set: ReIDImageDataset,
 ) -> None:
     """Write the evaluation's files atomically; pictures only when matplotlib is installed."""
+    paths = {"query": query_set.paths, "gallery": gallery_set.paths}
     output_dir.mkdir(parents=True, exist_ok=True)
     summary = {k: v.tolist() if hasattr(v, "tolist") else v for k, v in metrics.items()}
     write_json_atomic(output_dir / "metrics.json", {**summary, **settings})
@@ -178,8 +178,8 @@ def write_evaluation(
             query_indices=shown,
         )
         plot_rank_list(
-            [paths["query"][i] for i in shown],
-            paths["gallery"],
+            [query_set.image(i) for i in shown],
+            {int(i): gallery_set.image(int(i)) for i in ranked.flatten().tolist() if i >= 0},  # only those drawn
             ranked,
             matches,
             [int(query.camids[i]) for i in shown],

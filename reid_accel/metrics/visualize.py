@@ -6,10 +6,11 @@ drawn on the Agg canvas directly (no pyplot, no global backend switch) and writt
 """
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import PIL.Image
 
 from reid_accel.errors import ReidAccelError
 from reid_accel.fileio import atomic_path
@@ -19,6 +20,7 @@ logger = logging.getLogger(__name__)
 # Rank-list cell: re-ID crops are 1:2 (width:height); shown at 64 x 128 pixels each.
 _CELL_PIXELS = (64, 128)
 _RIGHT, _WRONG, _QUERY = "#1a9850", "#d73027", "#2c7bb6"
+ImageSource = str | Path | PIL.Image.Image
 
 
 def plot_cmc(cmc: Sequence[float] | np.ndarray, path: str | Path, *, title: str = "CMC curve") -> Path:
@@ -67,8 +69,8 @@ def plot_cmc(cmc: Sequence[float] | np.ndarray, path: str | Path, *, title: str 
 
 
 def plot_rank_list(
-    query_paths: Sequence[str | Path],
-    gallery_paths: Sequence[str | Path],
+    query_images: Sequence[ImageSource],
+    gallery_images: Sequence[ImageSource] | Mapping[int, ImageSource],
     ranked_indices: np.ndarray,
     matches: np.ndarray,
     query_camids: Sequence[int],
@@ -80,9 +82,11 @@ def plot_rank_list(
 ) -> Path:
     """Draws one row per query: the query image, then its top-k gallery images framed green (same id) or red.
 
+    Images are files or PIL images (a split that stores its images has no files to read).
+
     Args:
-        query_paths: (n,) image files of the ranked queries (row i of ``ranked_indices`` belongs to query i).
-        gallery_paths: (G,) image files of the whole gallery.
+        query_images: (n,) the ranked queries (row i of ``ranked_indices`` belongs to query i).
+        gallery_images: the gallery by index: every image, or a mapping holding at least the ranked ones.
         ranked_indices: (n, >= top_k) gallery indices, best first; -1 leaves a cell empty (see `top_k_gallery`).
         matches: (n, >= top_k) bool, True where the gallery item has the query's id.
         query_camids: (n,) camera ids of the queries, shown under each image.
@@ -96,20 +100,22 @@ def plot_rank_list(
     """
     ranked = np.asarray(ranked_indices)
     hits = np.asarray(matches, dtype=bool)
-    rows = min(num_queries, len(query_paths))
+    rows = min(num_queries, len(query_images))
     if ranked.ndim != 2 or ranked.shape != hits.shape or len(ranked) < rows or ranked.shape[1] < top_k:
         raise ReidAccelError(
             f"ranked_indices {ranked.shape} / matches {hits.shape}; expected equal shapes (n, >= {top_k}) "
             f"with n >= {rows}"
         )
-    if len(query_camids) != len(query_paths) or len(gallery_camids) != len(gallery_paths):
-        raise ReidAccelError(
-            f"{len(query_paths)} query paths / {len(query_camids)} query camids and {len(gallery_paths)} gallery "
-            f"paths / {len(gallery_camids)} gallery camids; expected equal lengths"
-        )
+    if len(query_camids) != len(query_images):
+        raise ReidAccelError(f"{len(query_images)} query images / {len(query_camids)} query camids; expected equal")
+    drawn = {int(i) for i in ranked[:rows, :top_k].flat if i >= 0}
+    with_image = gallery_images.keys() if isinstance(gallery_images, Mapping) else range(len(gallery_images))
+    lacking = sorted(i for i in drawn if i not in with_image or i >= len(gallery_camids))
+    if lacking:
+        raise ReidAccelError(f"ranked gallery items {lacking[:5]} have no image or no camid")
     if rows < 1 or top_k < 1:
         raise ReidAccelError(
-            f"num_queries={num_queries}, top_k={top_k} with {len(query_paths)} queries; expected >= 1"
+            f"num_queries={num_queries}, top_k={top_k} with {len(query_images)} queries; expected >= 1"
         )
     figure_cls, canvas_cls = _matplotlib("plot_rank_list")
     cell_w, cell_h = 0.85, 1.95  # inches per image column / row, labels included
@@ -118,7 +124,7 @@ def plot_rank_list(
     canvas_cls(fig)
     grid = fig.add_gridspec(rows, top_k + 2, width_ratios=[1, 0.4] + [1] * top_k, wspace=0.08, hspace=0.35)
     for row in range(rows):
-        _image_cell(fig.add_subplot(grid[row, 0]), query_paths[row], _QUERY, f"query\ncam {query_camids[row]}")
+        _image_cell(fig.add_subplot(grid[row, 0]), query_images[row], _QUERY, f"query\ncam {query_camids[row]}")
         for rank in range(top_k):
             ax = fig.add_subplot(grid[row, rank + 2])
             index = int(ranked[row, rank])
@@ -126,20 +132,21 @@ def plot_rank_list(
                 ax.set_axis_off()
                 continue
             color = _RIGHT if hits[row, rank] else _WRONG
-            _image_cell(ax, gallery_paths[index], color, f"#{rank + 1}\ncam {gallery_camids[index]}")
+            _image_cell(ax, gallery_images[index], color, f"#{rank + 1}\ncam {gallery_camids[index]}")
     fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.1 / height, bottom=0.45 / height)
     return _save(fig, path)
 
 
-def _image_cell(ax, image_path: str | Path, color: str, label: str) -> None:
+def _image_cell(ax, source: ImageSource, color: str, label: str) -> None:
     """One image, resized to the cell, framed in ``color`` with ``label`` under it."""
-    from PIL import Image
-
-    try:
-        with Image.open(image_path) as image:
-            pixels = np.asarray(image.convert("RGB").resize(_CELL_PIXELS, Image.Resampling.BILINEAR))
-    except OSError as error:
-        raise ReidAccelError(f"cannot read image {image_path}: {error}") from error
+    if isinstance(source, PIL.Image.Image):
+        pixels = np.asarray(source.convert("RGB").resize(_CELL_PIXELS, PIL.Image.Resampling.BILINEAR))
+    else:
+        try:
+            with PIL.Image.open(source) as image:
+                pixels = np.asarray(image.convert("RGB").resize(_CELL_PIXELS, PIL.Image.Resampling.BILINEAR))
+        except OSError as error:
+            raise ReidAccelError(f"cannot read image {source}: {error}") from error
     ax.imshow(pixels)
     ax.set_xticks([])
     ax.set_yticks([])

@@ -1,10 +1,13 @@
 import json
+import shutil
 
 import PIL.Image
 import torch
 from safetensors import safe_open
 
 from reid_accel.cli import main
+from reid_accel.data import load_benchmark
+from reid_accel.data.synthetic import generate_world
 from reid_accel.modeling import ReIDEncoder
 
 
@@ -25,6 +28,17 @@ def test_eval_end_to_end_writes_metrics_features_and_pictures(tiny_worlds, tmp_p
     for picture, min_size in (("cmc.png", (300, 200)), ("rank_list.png", (600, 300))):
         with PIL.Image.open(out / picture) as image:
             assert image.format == "PNG" and image.width >= min_size[0] and image.height >= min_size[1]
+
+
+def test_eval_of_a_saved_dataset_draws_its_rank_list_from_the_stored_images(tmp_path):
+    world = generate_world(tmp_path / "world", domain="b", seed=2, num_ids=4)
+    load_benchmark("synthetic", world, cache_dir=tmp_path / "cache").save_to_disk(tmp_path / "saved")
+    shutil.rmtree(world)
+    ReIDEncoder("test_resnet", input_size=[64, 32]).save_pretrained(tmp_path / "model")
+    argv = ["eval", str(tmp_path / "model"), "--dataset", "saved", "--root", str(tmp_path / "saved")]
+    assert main([*argv, "--output-dir", str(tmp_path / "eval"), "--num-workers", "0"]) == 0
+    with PIL.Image.open(tmp_path / "eval" / "rank_list.png") as image:
+        assert image.format == "PNG" and image.width >= 600
 
 
 def test_eval_with_reranking_runs(tiny_worlds, tmp_path):

@@ -72,6 +72,17 @@ def test_plot_rank_list_writes_a_png(tmp_path):
         plot_rank_list([tmp_path / "missing.png"], gallery_paths, ranked, matches, [0], g_cams, tmp_path / "y.png")
     assert not (tmp_path / "y.png").exists()
 
+    # a split that stores its images: PIL images, and only the drawn gallery items, give the same picture
+    opened = {i: Image.open(gallery_paths[i]) for i in ranked.flatten().tolist() if i >= 0}
+    queries = [Image.open(p) for p in query_paths]
+    again = plot_rank_list(queries, opened, ranked, matches, q_cams, g_cams, tmp_path / "again.png", num_queries=3)
+    with Image.open(out) as first, Image.open(again) as second:
+        assert np.array_equal(np.asarray(first), np.asarray(second))
+    missing = dict(opened)
+    del missing[int(ranked[0, 0])]
+    with pytest.raises(ReidAccelError, match=rf"ranked gallery items \[{int(ranked[0, 0])}\] have no image"):
+        plot_rank_list(queries, missing, ranked, matches, q_cams, g_cams, tmp_path / "z.png", num_queries=3)
+
 
 def test_missing_matplotlib_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # makes the import fail
