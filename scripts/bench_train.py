@@ -19,10 +19,11 @@ forward, objective with the target branch and its neighbour diagnostics inside, 
 """
 
 import argparse
+import itertools
 import resource
-import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import PIL.Image
@@ -138,15 +139,18 @@ def bench_ratio(args: argparse.Namespace) -> list[str]:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    steps = {"bare step": bare_step, "train_step": lambda i: train_step(run, batches[i], epoch=epoch, step=i)}
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for i in range(len(batches)):
-        for name, step in steps.items():
-            started = time.perf_counter()
-            step(i)
-            if i > 0:  # the first batch warms both up
-                times[name].append(time.perf_counter() - started)
-    timings = {name: (min(t), statistics.median(t)) for name, t in times.items()}
+    def next_batch(step: Callable[[int], object]) -> Callable[[], None]:
+        """`step` on batch 0 (the warm-up), then batch 1, 2, ... at each call."""
+        calls = itertools.count()
+        return lambda: step(next(calls))
+
+    timings = interleaved_timings(
+        {
+            "bare step": next_batch(bare_step),
+            "train_step": next_batch(lambda i: train_step(run, batches[i], epoch=epoch, step=i)),
+        },
+        args.steps,
+    )
     rows = table_rows(
         f"{args.steps} steps of {run.layout.global_batch} images, epoch {epoch}", timings, "bare step", 1e-3
     )

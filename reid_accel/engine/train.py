@@ -17,6 +17,7 @@ process. `train` is the loop around it.
 """
 
 import logging
+import math
 import os
 import signal
 import time
@@ -426,7 +427,7 @@ class LossMeter:
         stacked = accelerator.reduce(torch.stack([self.sums[n] for n in names]) / self.count, reduction="mean")
         means = dict(zip(names, stacked.tolist(), strict=True))
         self.sums, self.count = {}, 0
-        bad = [n for n, v in means.items() if not torch.isfinite(torch.tensor(v))]
+        bad = [n for n, v in means.items() if not math.isfinite(v)]
         if bad:
             raise LossNotFinite(
                 f"non-finite loss {', '.join(bad)} {where}: {means}; lower the learning rates or check the data"
