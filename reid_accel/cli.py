@@ -95,7 +95,7 @@ def _data_info(args: argparse.Namespace) -> int:
 
 def _data_synth(args: argparse.Namespace) -> int:
     from reid_accel.data import load_benchmark
-    from reid_accel.data.synthetic import generate_world
+    from reid_accel.generators.synthetic import generate_world
 
     size = {"num_ids": args.ids} if args.ids is not None else {}
     generate_world(args.root, domain=args.domain, seed=args.seed, **size)
@@ -105,7 +105,7 @@ def _data_synth(args: argparse.Namespace) -> int:
 def _data_lookalike(args: argparse.Namespace) -> int:
     from reid_accel.data import load_benchmark
     from reid_accel.data.benchmarks import get_benchmark
-    from reid_accel.data.lookalike import WRITERS
+    from reid_accel.generators.lookalike import WRITERS
 
     name, module = get_benchmark(args.name)
     if name not in WRITERS:

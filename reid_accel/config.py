@@ -66,7 +66,7 @@ class DataConfig:
     `batch_size` is the global batch of one optimizer step summed over processes, half source and half target.
     `bn_batch_size` is the number of images (half source, half target) whose statistics one BatchNorm computes;
     the published recipe ran 2 GPUs x (64 + 64), so 128. Fewer processes run it as micro-batches, more as
-    SyncBatchNorm groups, with the same result (`reid_accel.data.layout`). None: one group per process, i.e. the
+    SyncBatchNorm groups, with the same result (`reid_accel.layout`). None: one group per process, i.e. the
     statistics depend on how many processes run. `preload` decodes every training image once into memory (uint8 at
     the training size: 98 KB an image at 256x128) instead of in loader workers every epoch.
     """

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from reid_accel.data import dataset_stats, load_benchmark
 from reid_accel.data.benchmarks import msmt17
-from reid_accel.data.lookalike import write_msmt17
+from reid_accel.generators.lookalike import write_msmt17
 
 FIRST_TARGET_S = 20.0
 SECOND_TARGET_S = 1.0

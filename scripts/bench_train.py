@@ -30,8 +30,8 @@ import PIL.Image
 import torch
 from bench_common import build_run, every_term_epoch, interleaved_timings, table_rows, training_batches
 
-from reid_accel.data.synthetic import generate_world
 from reid_accel.engine.train import augmentation_draws, train_step
+from reid_accel.generators.synthetic import generate_world
 from reid_accel.modeling import CrossDomainNetwork, ReIDEncoder
 
 

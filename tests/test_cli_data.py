@@ -9,9 +9,9 @@ import datasets
 import pytest
 
 from reid_accel.cli import main
-from reid_accel.data import lookalike
-from reid_accel.data import synthetic as synthetic_world
 from reid_accel.data.benchmarks import dukemtmc, market1501
+from reid_accel.generators import lookalike
+from reid_accel.generators import synthetic as synthetic_world
 
 SMALL_MARKET_TABLE = [
     "split      images identities cameras",

@@ -9,8 +9,8 @@ import torch
 
 from reid_accel import export
 from reid_accel.cli import main
-from reid_accel.data.lookalike import write_market1501
 from reid_accel.export import export_encoder
+from reid_accel.generators.lookalike import write_market1501
 from reid_accel.modeling import ReIDEncoder
 
 

@@ -13,9 +13,9 @@ from torch.utils.data import DataLoader
 from reid_accel.cli import main
 from reid_accel.data import ReIDImageDataset, build_transform, load_benchmark
 from reid_accel.data.hf import column_values
-from reid_accel.data.lookalike import write_market1501
 from reid_accel.engine.evaluate import extract_embeddings
 from reid_accel.errors import InputError
+from reid_accel.generators.lookalike import write_market1501
 from reid_accel.inference import crop_boxes, embed_images, list_images, to_pil
 from reid_accel.modeling import ReIDEncoder
 

@@ -20,8 +20,8 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Sampler
 
-from reid_accel.data.layout import BatchLayout
 from reid_accel.errors import ConfigError
+from reid_accel.layout import BatchLayout
 from reid_accel.seeding import seeded_generator
 
 

@@ -17,8 +17,8 @@ from accelerate.utils import gather_object
 from timm.layers import convert_sync_batchnorm
 from torch import nn
 
-from reid_accel.data.layout import BatchLayout
 from reid_accel.errors import first_line
+from reid_accel.layout import BatchLayout
 
 DEATH_GRACE_S = 2.0  # how long a failed collective waits to see a dead process of its machine gone
 

@@ -44,7 +44,6 @@ from reid_accel.data import (
     load_benchmark,
 )
 from reid_accel.data.benchmarks import check_domain
-from reid_accel.data.layout import BatchLayout
 from reid_accel.engine.distributed import (
     ProcessTable,
     convert_to_sync_groups,
@@ -55,6 +54,7 @@ from reid_accel.engine.evaluate import evaluate_retrieval
 from reid_accel.engine.report import RunRecorder, describe_neighbours, environment_info
 from reid_accel.engine.state import TrainState, checkpoint_dirs, load_latest_checkpoint, save_checkpoint
 from reid_accel.errors import ConfigError, ReidAccelError
+from reid_accel.layout import BatchLayout
 from reid_accel.modeling import CrossDomainNetwork, ExemplarMemory, ReIDEncoder
 from reid_accel.modeling.batchnorm import running_stats_frozen
 from reid_accel.objectives import (

@@ -3,7 +3,7 @@
 Two parts of training need it. The source half passes the BNNeck with its own batch statistics, so the running
 statistics that serve at test time come from target images only (METHOD.md, "Network"). And when one process runs
 several BatchNorm groups as micro-batches, only the first updates the running statistics, as data parallelism
-keeps the first process's buffers (`reid_accel.data.layout`). Putting each BatchNorm in training mode with
+keeps the first process's buffers (`reid_accel.layout`). Putting each BatchNorm in training mode with
 `track_running_stats` off does both for every BatchNorm flavour at once (torch's, timm's BatchNormAct2d, and
 SyncBatchNorm, which then still syncs its batch statistics across its process group).
 """

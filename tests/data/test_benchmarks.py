@@ -2,7 +2,6 @@ from pathlib import Path
 
 import pytest
 
-from reid_accel.data import lookalike
 from reid_accel.data.benchmarks import (
     BENCHMARKS,
     cuhk03_np,
@@ -16,6 +15,7 @@ from reid_accel.data.benchmarks import (
 )
 from reid_accel.data.records import ImageRecord, SplitStats
 from reid_accel.errors import DatasetLayoutError
+from reid_accel.generators import lookalike
 
 
 def rows(records, root: Path) -> list[tuple[str, int, int]]:

@@ -11,8 +11,8 @@ from datasets import Dataset, DatasetDict, load_from_disk
 
 from reid_accel.data import CrossDomainDataset, ReIDImageDataset, build_transform, load_benchmark
 from reid_accel.data.hf import column_values, stores_image_bytes
-from reid_accel.data.lookalike import write_market1501
 from reid_accel.errors import DatasetLayoutError
+from reid_accel.generators.lookalike import write_market1501
 
 RAW = build_transform(16, 8, normalize=False)  # uint8 pixels, compared exactly
 

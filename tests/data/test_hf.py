@@ -10,12 +10,13 @@ import datasets
 import PIL.Image
 import pytest
 
-from reid_accel.data import dataset_stats, decode_image, load_benchmark, lookalike, verify_images
+from reid_accel.data import dataset_stats, decode_image, load_benchmark, verify_images
 from reid_accel.data import hf as hf_module
 from reid_accel.data.benchmarks import cuhk03_np, market1501, market_style, msmt17
 from reid_accel.data.benchmarks import synthetic as synthetic_benchmark
 from reid_accel.data.records import SplitStats
 from reid_accel.errors import DatasetLayoutError
+from reid_accel.generators import lookalike
 
 
 @pytest.fixture

@@ -1,8 +1,8 @@
 import pytest
 
 from reid_accel.data import CrossDomainBatchSampler
-from reid_accel.data.layout import BatchLayout
 from reid_accel.errors import ConfigError
+from reid_accel.layout import BatchLayout
 
 
 def make_sampler(num_source, num_target, per_process, *, replicas=1, rank=0, seed=0, bn_batch_size=None):

@@ -11,8 +11,8 @@ from reid_accel.data import (
     build_transform,
     load_benchmark,
 )
-from reid_accel.data.layout import BatchLayout
 from reid_accel.errors import DatasetLayoutError
+from reid_accel.layout import BatchLayout
 
 TRANSFORM = build_transform(16, 8, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 

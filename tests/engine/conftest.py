@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reid_accel.data.synthetic import generate_world
+from reid_accel.generators.synthetic import generate_world
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ from safetensors import safe_open
 
 from reid_accel.cli import main
 from reid_accel.data import load_benchmark
-from reid_accel.data.synthetic import generate_world
+from reid_accel.generators.synthetic import generate_world
 from reid_accel.modeling import ReIDEncoder
 
 

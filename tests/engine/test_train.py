@@ -10,10 +10,10 @@ from safetensors.torch import load_file
 from reid_accel.cli import main
 from reid_accel.config import load_config
 from reid_accel.data import load_benchmark
-from reid_accel.data.synthetic import generate_world
 from reid_accel.engine import train as train_module
 from reid_accel.engine.state import STATE_FILE, checkpoint_dirs
 from reid_accel.engine.train import LossNotFinite, TrainingInterrupted, setup, train, train_step
+from reid_accel.generators.synthetic import generate_world
 
 
 def _weights(run_dir):

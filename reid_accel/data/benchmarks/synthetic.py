@@ -1,4 +1,4 @@
-"""Synthetic re-ID worlds drawn by `reid_accel.data.synthetic.generate_world`, in Market-1501's layout.
+"""Synthetic re-ID worlds drawn by `reid_accel.generators.synthetic.generate_world`, in Market-1501's layout.
 
 `root` is the world's folder. When it is missing (or an empty folder), `prepare` generates the world there
 from `domain`, `seed` and `num_ids`; an existing world is parsed as it is (its `world.json` records the
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from reid_accel.data.benchmarks import market_style
 from reid_accel.data.records import Split
-from reid_accel.data.synthetic import generate_world
+from reid_accel.generators.synthetic import generate_world
 
 OFFICIAL_STATS = None
 

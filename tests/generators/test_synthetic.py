@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reid_accel.data import synthetic
-from reid_accel.data.synthetic import DEFAULT_STYLE_STRENGTH, SPLIT_DIRS, WORLD_FILE, generate_world
 from reid_accel.errors import ConfigError, DatasetLayoutError
+from reid_accel.generators import synthetic
+from reid_accel.generators.synthetic import DEFAULT_STYLE_STRENGTH, SPLIT_DIRS, WORLD_FILE, generate_world
 
 MARKET_NAME = re.compile(r"^(\d{4})_c(\d)s1_(\d{6})_00\.png$")
 NUM_IDS = 6

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from reid_accel.data.layout import BatchLayout, fitting_process_counts
 from reid_accel.errors import ConfigError
+from reid_accel.layout import BatchLayout, fitting_process_counts
 
 
 def test_one_group_per_process_by_default():

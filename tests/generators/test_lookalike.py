@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from reid_accel.data import lookalike
 from reid_accel.errors import DatasetLayoutError
+from reid_accel.generators import lookalike
 
 
 def tree_digest(root: Path) -> dict[str, str]:
