@@ -107,12 +107,12 @@ def _data_lookalike(args: argparse.Namespace) -> int:
     from reid_accel.data.benchmarks import get_benchmark
     from reid_accel.generators.lookalike import WRITERS
 
-    name, module = get_benchmark(args.name)
+    name, benchmark = get_benchmark(args.name)
     if name not in WRITERS:
         raise DatasetLayoutError(f"no look-alike writer for {name!r}; expected one of {', '.join(WRITERS)}")
-    if args.official and module.OFFICIAL_STATS is None:
+    if args.official and benchmark.official_stats is None:
         raise DatasetLayoutError(f"{name!r} has no official statistics to imitate")
-    WRITERS[name](args.root, stats=module.OFFICIAL_STATS if args.official else None)
+    WRITERS[name](args.root, stats=benchmark.official_stats if args.official else None)
     dataset = load_benchmark(name, args.root, cache_dir=args.cache_dir)
     return _print_report(name, dataset, args.root, {}, check=args.official)
 

@@ -28,7 +28,7 @@ def timed_load(root: Path, cache_dir: Path) -> float:
     dataset = load_benchmark("msmt17", root, cache_dir=cache_dir)
     elapsed = time.perf_counter() - start
     stats = dataset_stats(dataset)
-    assert all(stats[name].images == msmt17.OFFICIAL_STATS[name].images for name in stats), stats
+    assert all(stats[name].images == msmt17.BENCHMARK.official_stats[name].images for name in stats), stats
     return elapsed
 
 
@@ -40,9 +40,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.workdir) as workdir:
         root, cache_dir = Path(workdir) / "MSMT17_V1", Path(workdir) / "cache"
         start = time.perf_counter()
-        write_msmt17(root, stats=msmt17.OFFICIAL_STATS, val_images=2_373)
+        write_msmt17(root, stats=msmt17.BENCHMARK.official_stats, val_images=2_373)
         print(
-            f"wrote the look-alike ({sum(s.images for s in msmt17.OFFICIAL_STATS.values())} images) in {time.perf_counter() - start:.1f} s"
+            f"wrote the look-alike ({sum(s.images for s in msmt17.BENCHMARK.official_stats.values())} images) in {time.perf_counter() - start:.1f} s"
         )
         first = timed_load(root, cache_dir)
         second = [timed_load(root, cache_dir) for _ in range(3)]

@@ -20,3 +20,20 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle threads sleep instea
 import datasets  # noqa: E402
 
 datasets.config.HF_DATASETS_CACHE = _CACHE / "datasets"
+
+
+import dataclasses  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def replace_benchmark(monkeypatch):
+    """`replace_benchmark(name, **fields)`: the benchmark's registered record with some fields replaced, for one test."""
+    from reid_accel.data import benchmarks
+
+    def replace(name: str, **fields) -> None:
+        changed = dataclasses.replace(benchmarks.BENCHMARKS[name], **fields)
+        monkeypatch.setitem(benchmarks._BY_NAME, name, changed)
+
+    return replace

@@ -9,7 +9,7 @@ import datasets
 import pytest
 
 from reid_accel.cli import main
-from reid_accel.data.benchmarks import dukemtmc, market1501
+from reid_accel.data.benchmarks import dukemtmc
 from reid_accel.generators import lookalike
 from reid_accel.generators import synthetic as synthetic_world
 
@@ -46,8 +46,8 @@ def test_info_prints_the_table_and_warns_about_official_counts(market, capsys, c
     ]
 
 
-def test_info_is_quiet_when_counts_match(market, capsys, caplog, monkeypatch):
-    monkeypatch.setattr(market1501, "OFFICIAL_STATS", lookalike.SMALL_STATS["market1501"])
+def test_info_is_quiet_when_counts_match(market, capsys, caplog, replace_benchmark):
+    replace_benchmark("market1501", official_stats=lookalike.SMALL_STATS["market1501"])
     assert main(["data", "info", "market1501", str(market), "--verify"]) == 0
     assert capsys.readouterr().out.splitlines() == SMALL_MARKET_TABLE
     assert warnings_of(caplog) == []
@@ -82,9 +82,9 @@ def test_info_on_dukemtmc_logs_once_that_it_was_withdrawn(tmp_path, capsys, capl
     root = lookalike.write_dukemtmc(tmp_path / "DukeMTMC-reID")
     assert main(["data", "info", "duke", str(root), "--cache-dir", str(tmp_path / "c")]) == 0
     notices = [r for r in caplog.records if "withdrawn" in r.getMessage()]
-    assert [(r.levelno, r.getMessage()) for r in notices] == [(logging.WARNING, dukemtmc.NOTICE)]
-    assert "withdrawn by its authors (June 2019)" in dukemtmc.NOTICE
-    assert "already hold a copy" in dukemtmc.NOTICE
+    assert [(r.levelno, r.getMessage()) for r in notices] == [(logging.WARNING, dukemtmc.BENCHMARK.notice)]
+    assert "withdrawn by its authors (June 2019)" in dukemtmc.BENCHMARK.notice
+    assert "already hold a copy" in dukemtmc.BENCHMARK.notice
     assert "reid-accel: error" not in capsys.readouterr().err
 
 

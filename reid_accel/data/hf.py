@@ -139,21 +139,21 @@ def load_benchmark(
     Raises:
         DatasetLayoutError: unknown benchmark or option, missing folder, or a layout the parser rejects.
     """
-    canonical, module = get_benchmark(name)
+    canonical, benchmark = get_benchmark(name)
     root = Path(root).expanduser().resolve()
     prepare_options, parse_options = split_options(canonical, options, root=root)
-    if hasattr(module, "NOTICE"):
-        logger.warning(module.NOTICE)
-    if hasattr(module, "prepare"):
-        module.prepare(root, **prepare_options)
+    if benchmark.notice is not None:
+        logger.warning(benchmark.notice)
+    if benchmark.prepare is not None:
+        benchmark.prepare(root, **prepare_options)
     check_root(canonical, root)
-    if getattr(module, "STORED", False):
+    if benchmark.stored:
         return load_saved(root)
     key = fingerprint(canonical, root, parse_options)
     entry = Path(cache_dir if cache_dir is not None else default_cache_dir()) / f"{canonical}-{key}"
     if not entry.is_dir():
         start = time.perf_counter()
-        split = module.parse(root, **parse_options)
+        split = benchmark.parse(root, **parse_options)
         _write_cache(entry, split, key)
         sizes = ", ".join(f"{name} {len(records)}" for name, records in split.items())
         logger.info("Parsed %s at %s (%s) in %.1f s", canonical, root, sizes, time.perf_counter() - start)

@@ -1,12 +1,13 @@
-"""Plain records a benchmark parser returns, and the per-split counts used to check them.
+"""Plain records: what a benchmark is, what its parser returns, and the per-split counts used to check them.
 
 A parser only maps file names to `ImageRecord`s; decoding, caching and tensors live elsewhere. Rows are kept
 sorted by path because the row index of the training split is the exemplar-memory slot of that image, so the
 order must not depend on the file system or on the order of a listing.
 """
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 SPLIT_NAMES = ("train", "query", "gallery")
 
@@ -67,3 +68,32 @@ def compare_stats(measured: Mapping[str, SplitStats], official: Mapping[str, Spl
         if name == "train" and got.identities != expected.identities:
             problems.append(f"{name}: {got.identities} identities, the official release has {expected.identities}")
     return problems
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One benchmark as reid-accel knows it, declared once in its module as `BENCHMARK` (loader and metadata together).
+
+    Attributes:
+        title: the name papers give it ("Market-1501"), for logs and model cards.
+        parse: `parse(root, *, <options>) -> Split`, reading file names and split files only (never an image, never
+            the network); None for a folder that is already a saved `DatasetDict` (`stored`).
+        official_stats: split name -> counts of the official release, keyed first by subset when `parse` has a
+            `subset` option; None when there is no official release.
+        subset_of: `subset_of(root, subset) -> subset`, the subset a parse of `root` reads (the folder can name it);
+            for benchmarks whose `parse` has a `subset` option.
+        prepare: `prepare(root, *, <options>)`, run before the folder is read (the synthetic worlds draw themselves).
+        notice: a line logged as a warning whenever the benchmark is loaded (a withdrawn dataset's terms).
+    """
+
+    title: str
+    parse: Callable[..., Split] | None
+    official_stats: Mapping[str, Any] | None = None
+    subset_of: Callable[[Any, str | None], str] | None = None
+    prepare: Callable[..., None] | None = None
+    notice: str | None = None
+
+    @property
+    def stored(self) -> bool:
+        """The folder is a saved `DatasetDict`, read as it is instead of parsed."""
+        return self.parse is None

@@ -2,7 +2,7 @@
 
 They let the parsers, the cache and a whole training run be checked without the real downloads: tests use small
 ones, `scripts/bench_data_load.py` an MSMT17-sized one, and `reid-accel data lookalike` writes one for a user.
-Passing a module's `OFFICIAL_STATS` as `stats` gives a folder with the official image and identity counts.
+Passing a benchmark's `official_stats` as `stats` gives a folder with the official image and identity counts.
 
 Identities are dealt round-robin over a split's images and cameras rotate with each pass, so every identity
 appears in several cameras; the gallery's identities are the query's followed by gallery-only ones (pid 0
@@ -164,7 +164,7 @@ def write_dukemtmc(root: str | os.PathLike, *, stats: Mapping[str, SplitStats] |
 def write_cuhk03_np(root: str | os.PathLike, *, stats: Mapping[str, Mapping[str, SplitStats]] | None = None) -> Path:
     """A CUHK03-NP look-alike (names `0001_c1_1.png`); returns `root`.
 
-    `stats` is keyed by subset like `cuhk03_np.OFFICIAL_STATS` (default `SMALL_STATS["cuhk03"]`); one folder is
+    `stats` is keyed by subset like the CUHK03-NP record's `official_stats` (default `SMALL_STATS["cuhk03"]`); one folder is
     written per subset.
     """
 

@@ -13,7 +13,7 @@ from reid_accel.data.benchmarks import (
     official_stats,
     split_options,
 )
-from reid_accel.data.records import ImageRecord, SplitStats
+from reid_accel.data.records import Benchmark, ImageRecord, SplitStats
 from reid_accel.errors import DatasetLayoutError
 from reid_accel.generators import lookalike
 
@@ -202,17 +202,17 @@ def test_lookalike_cuhk03_counts_per_subset(tmp_path):
 
 def test_official_counts_market1501(many_files_dir):
     root = lookalike.write_market1501(
-        many_files_dir / "Market-1501-v15.09.15", stats=market1501.OFFICIAL_STATS, junk=3_819
+        many_files_dir / "Market-1501-v15.09.15", stats=market1501.BENCHMARK.official_stats, junk=3_819
     )
     assert len(list((root / "bounding_box_test").iterdir())) == 15_913 + 3_819 + 1  # + junk + Thumbs.db
     split = market1501.parse(root)
-    assert {name: stats_of(records) for name, records in split.items()} == market1501.OFFICIAL_STATS
+    assert {name: stats_of(records) for name, records in split.items()} == market1501.BENCHMARK.official_stats
     assert 0 in {r.pid for r in split.gallery}
 
 
 def test_official_counts_cuhk03_np(many_files_dir):
-    root = lookalike.write_cuhk03_np(many_files_dir / "cuhk03-np", stats=cuhk03_np.OFFICIAL_STATS)
-    for subset, official in cuhk03_np.OFFICIAL_STATS.items():
+    root = lookalike.write_cuhk03_np(many_files_dir / "cuhk03-np", stats=cuhk03_np.BENCHMARK.official_stats)
+    for subset, official in cuhk03_np.BENCHMARK.official_stats.items():
         split = cuhk03_np.parse(root, subset=subset)
         assert {name: stats_of(records) for name, records in split.items()} == official
 
@@ -305,13 +305,17 @@ def test_msmt17_bad_layouts(tmp_path, write_folder, edit, expected):
 # --- the registry -----------------------------------------------------------------------------------------------
 
 
-def test_registry_is_a_read_only_literal_with_uniform_modules():
+def test_registry_is_a_read_only_literal_of_declared_records():
     with pytest.raises(TypeError):
-        BENCHMARKS["other"] = market1501
-    for name, module in BENCHMARKS.items():
-        assert module.__doc__ and (callable(getattr(module, "parse", None)) != getattr(module, "STORED", False)), name
-        assert hasattr(module, "OFFICIAL_STATS"), name
-    assert get_benchmark("market") == ("market1501", market1501)
+        BENCHMARKS["other"] = market1501.BENCHMARK
+    for name, benchmark in BENCHMARKS.items():
+        assert isinstance(benchmark, Benchmark) and benchmark.title, name
+        assert benchmark.stored == (name == "saved") and (benchmark.parse is None) == benchmark.stored, name
+        assert (benchmark.subset_of is not None) == (name == "cuhk03"), name
+    modules = {market1501, dukemtmc, cuhk03_np, msmt17, market_style}
+    assert all(module.__doc__ and module.BENCHMARK in BENCHMARKS.values() for module in modules)
+    assert get_benchmark("market") == ("market1501", market1501.BENCHMARK)
+    assert BENCHMARKS["dukemtmc"].title == "DukeMTMC-reID" and "withdrawn" in BENCHMARKS["dukemtmc"].notice
     assert get_benchmark("duke")[0] == "dukemtmc"
     assert get_benchmark("cuhk")[0] == "cuhk03"
     assert get_benchmark("msmt")[0] == "msmt17"
@@ -330,12 +334,15 @@ def test_options_are_checked_and_completed(cuhk_root):
 
 
 def test_official_stats_lookup(cuhk_root):
-    assert official_stats("market") is market1501.OFFICIAL_STATS
-    assert official_stats("cuhk03") is cuhk03_np.OFFICIAL_STATS["labeled"]
+    assert official_stats("market") is market1501.BENCHMARK.official_stats
+    assert official_stats("cuhk03") is cuhk03_np.BENCHMARK.official_stats["labeled"]
     assert official_stats("cuhk03", subset="detected")["gallery"] == SplitStats(5_332, 700, 2)
-    assert official_stats("cuhk03", cuhk_root) is cuhk03_np.OFFICIAL_STATS["labeled"]
-    assert official_stats("cuhk03", cuhk_root / "detected") is cuhk03_np.OFFICIAL_STATS["detected"]
-    assert official_stats("cuhk03", cuhk_root / "detected", subset="detected") is cuhk03_np.OFFICIAL_STATS["detected"]
+    assert official_stats("cuhk03", cuhk_root) is cuhk03_np.BENCHMARK.official_stats["labeled"]
+    assert official_stats("cuhk03", cuhk_root / "detected") is cuhk03_np.BENCHMARK.official_stats["detected"]
+    assert (
+        official_stats("cuhk03", cuhk_root / "detected", subset="detected")
+        is cuhk03_np.BENCHMARK.official_stats["detected"]
+    )
     with pytest.raises(DatasetLayoutError, match="'detected' subset folder, but subset='labeled'"):
         official_stats("cuhk03", cuhk_root / "detected", subset="labeled")
     assert official_stats("msmt17")["gallery"].images == 82_161

@@ -12,7 +12,7 @@ import pytest
 
 from reid_accel.data import dataset_stats, decode_image, load_benchmark, verify_images
 from reid_accel.data import hf as hf_module
-from reid_accel.data.benchmarks import cuhk03_np, market1501, market_style, msmt17
+from reid_accel.data.benchmarks import BENCHMARKS, market1501, market_style
 from reid_accel.data.benchmarks import synthetic as synthetic_benchmark
 from reid_accel.data.records import SplitStats
 from reid_accel.errors import DatasetLayoutError
@@ -20,19 +20,19 @@ from reid_accel.generators import lookalike
 
 
 @pytest.fixture
-def count_parses(monkeypatch):
-    """Wrap a benchmark module's parse with a call counter."""
+def count_parses(replace_benchmark):
+    """Wrap a registered benchmark's parse with a call counter."""
 
-    def install(module) -> list:
+    def install(name: str) -> list:
         calls = []
-        original = module.parse
+        original = BENCHMARKS[name].parse
 
         @functools.wraps(original)  # keeps the signature, from which the options are read
         def counted(*args, **kwargs):
             calls.append(kwargs)
             return original(*args, **kwargs)
 
-        monkeypatch.setattr(module, "parse", counted)
+        replace_benchmark(name, parse=counted)
         return calls
 
     return install
@@ -64,7 +64,7 @@ def test_image_bytes_are_not_copied_into_arrow(tmp_path, cache_dir):
 
 
 def test_second_load_reads_the_cache(tmp_path, cache_dir, count_parses):
-    calls = count_parses(market1501)
+    calls = count_parses("market1501")
     root = lookalike.write_market1501(tmp_path / "m")
     first = load_benchmark("market1501", root, cache_dir=cache_dir)
     second = load_benchmark("market", root, cache_dir=cache_dir)
@@ -81,7 +81,7 @@ def test_second_load_reads_the_cache(tmp_path, cache_dir, count_parses):
 
 
 def test_changed_folder_is_parsed_again(tmp_path, cache_dir, count_parses):
-    calls = count_parses(market1501)
+    calls = count_parses("market1501")
     root = lookalike.write_market1501(tmp_path / "m")
     load_benchmark("market1501", root, cache_dir=cache_dir)
     (root / "query" / "0001_c2s1_000999_00.jpg").write_bytes(next((root / "query").glob("*.jpg")).read_bytes())
@@ -93,7 +93,7 @@ def test_changed_folder_is_parsed_again(tmp_path, cache_dir, count_parses):
 
 
 def test_changed_split_file_is_parsed_again(tmp_path, cache_dir, count_parses):
-    calls = count_parses(msmt17)
+    calls = count_parses("msmt17")
     root = lookalike.write_msmt17(tmp_path / "MSMT17_V1")
     assert len(load_benchmark("msmt", root, cache_dir=cache_dir)["query"]) == 8
     list_file = root / "list_query.txt"
@@ -103,7 +103,7 @@ def test_changed_split_file_is_parsed_again(tmp_path, cache_dir, count_parses):
 
 
 def test_options_and_roots_key_the_cache(tmp_path, cache_dir, count_parses):
-    calls = count_parses(cuhk03_np)
+    calls = count_parses("cuhk03")
     root = lookalike.write_cuhk03_np(tmp_path / "cuhk03-np")
     labeled = load_benchmark("cuhk03", root, cache_dir=cache_dir)
     detected = load_benchmark("cuhk03", root, cache_dir=cache_dir, subset="detected")
@@ -215,7 +215,7 @@ def test_synthetic_with_the_real_generator(tmp_path, cache_dir):
     assert dataset_stats(dataset)["train"] == SplitStats(images=counts["bounding_box_train"], identities=2, cameras=4)
 
 
-def test_loads_racing_to_fill_the_cache_agree(tmp_path, cache_dir, monkeypatch, caplog):
+def test_loads_racing_to_fill_the_cache_agree(tmp_path, cache_dir, replace_benchmark, caplog):
     caplog.set_level(logging.INFO, logger="reid_accel.data.hf")
     root = lookalike.write_market_style(tmp_path / "world")
     racers = 4
@@ -227,7 +227,7 @@ def test_loads_racing_to_fill_the_cache_agree(tmp_path, cache_dir, monkeypatch, 
         barrier.wait(timeout=30)  # every racer has missed the cache before any writes it
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(market_style, "parse", parse_together)
+    replace_benchmark("market_style", parse=parse_together)
     with concurrent.futures.ThreadPoolExecutor(racers) as pool:
         results = list(pool.map(lambda _: load_benchmark("market_style", root, cache_dir=cache_dir), range(racers)))
     assert all(r["gallery"]["path"] == results[0]["gallery"]["path"] for r in results)

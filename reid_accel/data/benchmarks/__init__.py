@@ -1,46 +1,41 @@
 """The benchmarks reid-accel reads, one small module each, listed in one literal dict.
 
-A benchmark module has a docstring (paper, URL, official counts), an `OFFICIAL_STATS` constant (split name ->
-`SplitStats`, keyed first by subset when `parse` has a `subset` option, or None when there is no official
-release) and one `parse(root, *, <explicit options>) -> Split` that reads file names and split files only: it
-never opens an image and never touches the network. A module with a `subset` option also has
-`subset_of(root, subset)`, the subset a parse of `root` reads (the folder can name it). A module may also define
-`prepare(root, *, <options>)`, run before the folder is read (the synthetic worlds generate themselves there),
-and a `NOTICE`, a line logged as a warning whenever it is loaded (a withdrawn dataset's terms). A module whose
-folder is already a saved `DatasetDict` (`saved`) sets `STORED = True` instead of defining `parse`.
-Adding a benchmark is one module here plus one line in `BENCHMARKS`.
+A benchmark module has a docstring (paper, URL, official counts) and declares one `BENCHMARK` record
+(`reid_accel.data.records.Benchmark`): its title, its `parse(root, *, <explicit options>) -> Split` (file names and
+split files only: never an image, never the network), its official counts, and where it has them a `subset_of`,
+a `prepare` (the synthetic worlds draw themselves there) and a `notice`. Adding a benchmark is one module here
+plus one line in `BENCHMARKS`.
 """
 
 import inspect
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import MappingProxyType, ModuleType
+from types import MappingProxyType
 from typing import Any
 
 from reid_accel.config import DomainConfig
 from reid_accel.data.benchmarks import cuhk03_np, dukemtmc, market1501, market_style, msmt17, saved, synthetic
-from reid_accel.data.records import SplitStats
+from reid_accel.data.records import Benchmark, SplitStats
 from reid_accel.errors import ConfigError, DatasetLayoutError
 
-BENCHMARKS: Mapping[str, ModuleType] = MappingProxyType(
-    {
-        "market1501": market1501,
-        "dukemtmc": dukemtmc,
-        "cuhk03": cuhk03_np,
-        "msmt17": msmt17,
-        "market_style": market_style,
-        "synthetic": synthetic,
-        "saved": saved,
-    }
-)
+_BY_NAME = {
+    "market1501": market1501.BENCHMARK,
+    "dukemtmc": dukemtmc.BENCHMARK,
+    "cuhk03": cuhk03_np.BENCHMARK,
+    "msmt17": msmt17.BENCHMARK,
+    "market_style": market_style.BENCHMARK,
+    "synthetic": synthetic.BENCHMARK,
+    "saved": saved.BENCHMARK,
+}
+BENCHMARKS: Mapping[str, Benchmark] = MappingProxyType(_BY_NAME)
 ALIASES: Mapping[str, str] = MappingProxyType(
     {"market": "market1501", "duke": "dukemtmc", "cuhk": "cuhk03", "msmt": "msmt17"}
 )
 
 
-def get_benchmark(name: str) -> tuple[str, ModuleType]:
-    """The canonical name and module of a benchmark given by name or alias."""
+def get_benchmark(name: str) -> tuple[str, Benchmark]:
+    """The canonical name and record of a benchmark given by name or alias."""
     canonical = ALIASES.get(name, name)
     if canonical not in BENCHMARKS:
         known = ", ".join(
@@ -74,10 +69,9 @@ def split_options(
         DatasetLayoutError: an option that neither function takes, naming the accepted ones, or a subset that
             is unknown or contradicts the folder.
     """
-    canonical, module = get_benchmark(name)
-    prepare = getattr(module, "prepare", None)
-    prepare_options = _keyword_defaults(prepare) if prepare is not None else {}
-    parse_options = _keyword_defaults(module.parse) if hasattr(module, "parse") else {}
+    canonical, benchmark = get_benchmark(name)
+    prepare_options = _keyword_defaults(benchmark.prepare) if benchmark.prepare is not None else {}
+    parse_options = _keyword_defaults(benchmark.parse) if benchmark.parse is not None else {}
     for key, value in options.items():
         if key in parse_options:
             parse_options[key] = value
@@ -86,17 +80,16 @@ def split_options(
         else:
             known = ", ".join(sorted({*prepare_options, *parse_options})) or "none"
             raise DatasetLayoutError(f"benchmark {canonical!r} has no option {key!r} (its options: {known})")
-    if "subset" in parse_options:
-        parse_options["subset"] = module.subset_of(root, parse_options["subset"])
+    if benchmark.subset_of is not None:
+        parse_options["subset"] = benchmark.subset_of(root, parse_options["subset"])
     return prepare_options, parse_options
 
 
 def check_root(name: str, root: Path) -> None:
     """Refuse a missing folder, unless the benchmark draws its own (the synthetic worlds)."""
-    canonical, module = get_benchmark(name)
-    if not hasattr(module, "prepare") and not root.is_dir():
-        stored = getattr(module, "STORED", False)
-        expected = "a folder written by save_to_disk" if stored else f"the extracted {canonical} folder"
+    canonical, benchmark = get_benchmark(name)
+    if benchmark.prepare is None and not root.is_dir():
+        expected = "a folder written by save_to_disk" if benchmark.stored else f"the extracted {canonical} folder"
         raise DatasetLayoutError(f"{root}: folder not found; expected {expected}")
 
 
@@ -124,9 +117,9 @@ def official_stats(
 
     `root` matters only for a benchmark with subsets, where it may be a subset folder (cuhk03's `detected/`).
     """
-    _, module = get_benchmark(name)
+    _, benchmark = get_benchmark(name)
     _, parse_options = split_options(name, options, root=root)
-    stats = module.OFFICIAL_STATS
-    if stats is not None and "subset" in parse_options:
+    stats = benchmark.official_stats
+    if stats is not None and benchmark.subset_of is not None:
         stats = stats[parse_options["subset"]]
     return stats

@@ -8,7 +8,7 @@ folder holding `labeled/` (hand-drawn boxes) and `detected/` (DPM boxes); option
 one is an error. Each subset holds `bounding_box_train/`, `query/` and
 `bounding_box_test/` with images named `0001_c1_1.png` (pid, camera 1-2, index).
 
-Official statistics, 2 cameras (`OFFICIAL_STATS` is keyed by subset):
+Official statistics, 2 cameras (the record's `official_stats` is keyed by subset):
 
 | subset   | train images / ids | query images / ids | gallery images / ids |
 |----------|-------------------:|-------------------:|---------------------:|
@@ -21,25 +21,13 @@ import re
 from pathlib import Path
 
 from reid_accel.data.benchmarks.market_style import SPLIT_FOLDERS, parse_folders
-from reid_accel.data.records import Split, SplitStats
+from reid_accel.data.records import Benchmark, Split, SplitStats
 from reid_accel.errors import DatasetLayoutError
 
 SUBSETS = ("labeled", "detected")
 DEFAULT_SUBSET = "labeled"
 NAME_PATTERN = re.compile(r"(?P<pid>-1|\d+)_c(?P<cam>\d+)_\d+\.png")
 NAME_EXAMPLE = "<pid>_c<camera>_<index>.png, e.g. 0001_c1_1.png"
-OFFICIAL_STATS = {
-    "labeled": {
-        "train": SplitStats(images=7_368, identities=767, cameras=2),
-        "query": SplitStats(images=1_400, identities=700, cameras=2),
-        "gallery": SplitStats(images=5_328, identities=700, cameras=2),
-    },
-    "detected": {
-        "train": SplitStats(images=7_365, identities=767, cameras=2),
-        "query": SplitStats(images=1_400, identities=700, cameras=2),
-        "gallery": SplitStats(images=5_332, identities=700, cameras=2),
-    },
-}
 
 
 def subset_of(root: str | os.PathLike | None, subset: str | None = None) -> str:
@@ -83,3 +71,22 @@ def parse(root: str | os.PathLike, *, subset: str | None = None) -> Split:
         example=NAME_EXAMPLE,
         release=f"the {subset!r} subset folder of the extracted cuhk03-np folder",
     )
+
+
+BENCHMARK = Benchmark(
+    title="CUHK03-NP",
+    parse=parse,
+    official_stats={
+        "labeled": {
+            "train": SplitStats(images=7_368, identities=767, cameras=2),
+            "query": SplitStats(images=1_400, identities=700, cameras=2),
+            "gallery": SplitStats(images=5_328, identities=700, cameras=2),
+        },
+        "detected": {
+            "train": SplitStats(images=7_365, identities=767, cameras=2),
+            "query": SplitStats(images=1_400, identities=700, cameras=2),
+            "gallery": SplitStats(images=5_332, identities=700, cameras=2),
+        },
+    },
+    subset_of=subset_of,
+)

@@ -18,15 +18,10 @@ import os
 import re
 
 from reid_accel.data.benchmarks.market_style import parse_folders
-from reid_accel.data.records import Split, SplitStats
+from reid_accel.data.records import Benchmark, Split, SplitStats
 
 NAME_PATTERN = re.compile(r"(?P<pid>-1|\d+)_c(?P<cam>\d)s\d+_\d+_\d+\.jpg")
 NAME_EXAMPLE = "<pid>_c<camera>s<sequence>_<frame>_<box>.jpg, e.g. 0002_c1s1_000451_03.jpg"
-OFFICIAL_STATS = {
-    "train": SplitStats(images=12_936, identities=751, cameras=6),
-    "query": SplitStats(images=3_368, identities=750, cameras=6),
-    "gallery": SplitStats(images=15_913, identities=751, cameras=6),
-}
 
 
 def parse(root: str | os.PathLike) -> Split:
@@ -34,3 +29,14 @@ def parse(root: str | os.PathLike) -> Split:
     return parse_folders(
         root, pattern=NAME_PATTERN, example=NAME_EXAMPLE, release="the extracted Market-1501-v15.09.15 folder"
     )
+
+
+BENCHMARK = Benchmark(
+    title="Market-1501",
+    parse=parse,
+    official_stats={
+        "train": SplitStats(images=12_936, identities=751, cameras=6),
+        "query": SplitStats(images=3_368, identities=750, cameras=6),
+        "gallery": SplitStats(images=15_913, identities=751, cameras=6),
+    },
+)

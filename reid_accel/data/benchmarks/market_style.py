@@ -14,7 +14,7 @@ import os
 import re
 from pathlib import Path
 
-from reid_accel.data.records import ImageRecord, Split
+from reid_accel.data.records import Benchmark, ImageRecord, Split
 from reid_accel.errors import DatasetLayoutError
 
 SPLIT_FOLDERS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
@@ -22,7 +22,6 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 JUNK_PID = -1
 NAME_PATTERN = re.compile(r"(?P<pid>-1|\d+)_c(?P<cam>\d+)(?:\D.*)?\.(?:jpg|jpeg|png)", re.IGNORECASE)
 NAME_EXAMPLE = "<pid>_c<camera>....jpg (or .jpeg, .png), e.g. 0002_c1_0001.jpg"
-OFFICIAL_STATS = None
 
 
 def read_split_folder(folder: Path, *, pattern: re.Pattern, example: str) -> list[ImageRecord]:
@@ -80,3 +79,6 @@ def parse_folders(root: str | os.PathLike, *, pattern: re.Pattern, example: str,
 def parse(root: str | os.PathLike) -> Split:
     """Parse any folder in Market-1501's layout (names `<pid>_c<camera>...`, jpg/jpeg/png)."""
     return parse_folders(root, pattern=NAME_PATTERN, example=NAME_EXAMPLE, release="a Market-style folder")
+
+
+BENCHMARK = Benchmark(title="Market-style folder", parse=parse)

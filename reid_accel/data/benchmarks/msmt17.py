@@ -20,18 +20,13 @@ import os
 import re
 from pathlib import Path
 
-from reid_accel.data.records import ImageRecord, Split, SplitStats
+from reid_accel.data.records import Benchmark, ImageRecord, Split, SplitStats
 from reid_accel.errors import DatasetLayoutError
 
 IMAGE_FOLDERS = {"V1": ("train", "test"), "V2": ("mask_train_v2", "mask_test_v2")}
 LISTS = {"train": ("list_train.txt", "list_val.txt"), "query": ("list_query.txt",), "gallery": ("list_gallery.txt",)}
 NAME_PATTERN = re.compile(r"\d+_\d+_(?P<cam>\d+)_[^/]*\.jpg")
 NAME_EXAMPLE = "<pid>_<index>_<camera>_<date><time>_<frame>_<n>.jpg, e.g. 0000_000_01_0303morning_0015_0.jpg"
-OFFICIAL_STATS = {
-    "train": SplitStats(images=32_621, identities=1_041, cameras=15),
-    "query": SplitStats(images=11_659, identities=3_060, cameras=15),
-    "gallery": SplitStats(images=82_161, identities=3_060, cameras=15),
-}
 
 
 def _image_folders(root: Path) -> tuple[Path, Path]:
@@ -96,3 +91,14 @@ def parse(root: str | os.PathLike) -> Split:
             record for list_name in list_names for record in _read_list(root / list_name, folder, listings[folder])
         ]
     return Split(**split)
+
+
+BENCHMARK = Benchmark(
+    title="MSMT17",
+    parse=parse,
+    official_stats={
+        "train": SplitStats(images=32_621, identities=1_041, cameras=15),
+        "query": SplitStats(images=11_659, identities=3_060, cameras=15),
+        "gallery": SplitStats(images=82_161, identities=3_060, cameras=15),
+    },
+)

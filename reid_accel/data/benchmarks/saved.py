@@ -9,6 +9,6 @@ memory-mapped as it is.
 Official statistics: none.
 """
 
-OFFICIAL_STATS = None
-STORED = True
-"""Read by `reid_accel.data.hf.load_benchmark` as a saved `DatasetDict`, instead of parsing an image folder."""
+from reid_accel.data.records import Benchmark
+
+BENCHMARK = Benchmark(title="saved re-ID dataset", parse=None)  # read by `load_benchmark` as it is, never parsed

@@ -11,10 +11,8 @@ import os
 from pathlib import Path
 
 from reid_accel.data.benchmarks import market_style
-from reid_accel.data.records import Split
+from reid_accel.data.records import Benchmark, Split
 from reid_accel.generators.synthetic import generate_world
-
-OFFICIAL_STATS = None
 
 
 def prepare(root: str | os.PathLike, *, domain: str = "a", seed: int = 0, num_ids: int | None = None) -> None:
@@ -36,3 +34,6 @@ def prepare(root: str | os.PathLike, *, domain: str = "a", seed: int = 0, num_id
 def parse(root: str | os.PathLike) -> Split:
     """Parse a generated world (any Market-style folder)."""
     return market_style.parse(root)
+
+
+BENCHMARK = Benchmark(title="reid-accel synthetic world", parse=parse, prepare=prepare)
