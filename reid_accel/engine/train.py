@@ -212,7 +212,10 @@ def setup(cfg: ExperimentConfig) -> Run:
         ("data.eval", cfg.data.eval),
     ):
         if domain is not None and (key != "data.target" or two_domains):
-            check_domain(domain, key)
+            camera_aware = key == "data.target" and cfg.objective.neighbor_mode == 1
+            check_domain(
+                domain, key, needs_cameras="objective.neighbor_mode=1 (0 is camera-agnostic)" if camera_aware else None
+            )
     accelerator = build_accelerator(cfg)
     layout = BatchLayout.plan(
         cfg.data.batch_size,

@@ -49,6 +49,7 @@ ArrayLike = np.ndarray | torch.Tensor | Sequence
 APMode = Literal["standard", "trapezoid"]
 AP_MODES: tuple[str, ...] = ("standard", "trapezoid")
 JUNK_PID = -1
+NO_CAMERA = -1  # a camera id meaning "unknown" (data without cameras): same-camera matches are kept
 
 # Block sizes, in score entries. A product block holds up to 2**27 scores (0.5 GB in float32) and at least 2,048
 # queries: every matmul call re-reads and packs the whole gallery, which costs 13 % more CPU at 256 rows than at 1,024
@@ -84,7 +85,8 @@ def rank_metrics(
         gallery_features: (G, D).
         query_pids: (Q,) integer ids.
         gallery_pids: (G,) integer ids; -1 marks junk (removed), 0 distractors (kept).
-        query_camids: (Q,) camera ids.
+        query_camids: (Q,) camera ids; -1 (`NO_CAMERA`: the data records no cameras) keeps the query's
+            same-camera matches, which are otherwise removed.
         gallery_camids: (G,) camera ids.
         ap_mode: ``"standard"`` or ``"trapezoid"`` (see the module docstring).
         max_rank: length of the returned CMC curve.
@@ -199,7 +201,8 @@ def top_k_gallery(
     query = _unit_rows(query[rows].to(dtype), "query_features")
     scores = query @ _unit_rows(gallery.to(dtype), "gallery_features").T  # (n, G)
     same_pid = q_pids[rows, None] == g_pids[None, :]  # (n, G)
-    excluded = (same_pid & (q_cams[rows, None] == g_cams[None, :])) | (g_pids == JUNK_PID)[None, :]
+    same_camera = (q_cams[rows, None] == g_cams[None, :]) & (q_cams[rows, None] != NO_CAMERA)  # (n, G)
+    excluded = (same_pid & same_camera) | (g_pids == JUNK_PID)[None, :]
     # Excluded items sink to the end; the stable sort keeps gallery order among equal scores.
     scores = scores.masked_fill(excluded, -math.inf)
     order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :top_k]  # (n, k)
@@ -239,7 +242,7 @@ class _Protocol:
         offsets = torch.cat([count.new_zeros(1), torch.cumsum(count, 0)])
         queries = torch.repeat_interleave(torch.arange(num_query), count)  # (P,)
         columns = by_pid[first[queries] + torch.arange(len(queries)) - offsets[queries]]
-        is_match = g_cams[columns] != q_cams[queries]
+        is_match = (g_cams[columns] != q_cams[queries]) | (q_cams[queries] == NO_CAMERA)
         return cls(kept, len(kept) == num_gallery, num_query, offsets, queries, columns, is_match)
 
     def to(self, device: torch.device) -> "_Protocol":
