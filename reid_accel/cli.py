@@ -1,6 +1,6 @@
 """The `reid-accel` command.
 
-    reid-accel data info NAME ROOT [--subset labeled|detected] [--verify]   # counts per split, checked
+    reid-accel data info NAME ROOT [--subset S] [--option K=V] [--verify]   # counts per split, checked
     reid-accel data synth ROOT --domain {a,b} [--seed N] [--ids N]          # draw a synthetic world
     reid-accel data lookalike NAME ROOT [--official]                        # a fake folder in NAME's layout
     reid-accel train CONFIG [--output-dir DIR] [--resume] [key=value ...]   # train; also via accelerate launch
@@ -88,9 +88,21 @@ def _print_report(
 def _data_info(args: argparse.Namespace) -> int:
     from reid_accel.data import load_benchmark
 
-    options = {"subset": args.subset} if args.subset is not None else {}
+    options = dict(args.option)
+    if args.subset is not None:
+        options["subset"] = args.subset
     dataset = load_benchmark(args.name, args.root, cache_dir=args.cache_dir, **options)
     return _print_report(args.name, dataset, args.root, options, verify=args.verify)
+
+
+def _option(text: str) -> tuple[str, Any]:
+    """argparse type of `--option KEY=VALUE`: the value read as YAML, as config overrides are."""
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, yaml.safe_load(value)
 
 
 def _data_synth(args: argparse.Namespace) -> int:
@@ -122,10 +134,20 @@ def _add_data_commands(commands: argparse._SubParsersAction) -> None:
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
 
     info = data_commands.add_parser("info", help="images, identities and cameras per split, checked")
-    info.add_argument("name", help="benchmark: market1501, dukemtmc, cuhk03, msmt17, market_style, synthetic, saved")
+    info.add_argument(
+        "name", help="benchmark: market1501, dukemtmc, cuhk03, msmt17, market_style, synthetic, saved, folders, table"
+    )
     info.add_argument("root", type=Path, help="the benchmark folder as extracted")
     info.add_argument("--subset", help=SUBSET_HELP)
     info.add_argument("--verify", action="store_true", help="also decode every image")
+    info.add_argument(
+        "--option",
+        type=_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a benchmark option, e.g. camera_level=2 or test_fraction=0.2 (folders, table); repeatable",
+    )
     info.set_defaults(handler=_data_info)
 
     synth = data_commands.add_parser("synth", help="draw a synthetic world in Market-1501's layout")
@@ -276,7 +298,7 @@ def _export(args: argparse.Namespace) -> int:
 
     if (args.dataset is None) != (args.root is None):
         raise ExportError("--dataset and --root go together (real images to check the exported model on)")
-    validate_export(args.format, args.output, batch=args.batch)
+    validate_export(args.format, args.output, batch=args.batch, input_norm=args.input_norm)
     encoder = load_encoder(args.model)
     options = {"subset": args.subset} if args.subset is not None else {}
     images = dataset_images(encoder, args.dataset, args.root, options=options) if args.dataset else None
@@ -288,12 +310,14 @@ def _export(args: argparse.Namespace) -> int:
         half=args.half,
         images=images,
         tolerance=args.tolerance,
+        input_norm=args.input_norm,
     )
     on_images = f", {len(images)} real images {report.image_diff:.2e}" if images is not None else ""
     print(
         f"max abs difference from PyTorch: random input {report.random_diff:.2e}{on_images} (tolerance {report.tolerance:.0e})"
     )
-    print(f"wrote {report.path} and {report.metadata_path}")
+    written = [report.path, report.metadata_path, report.tracker_metadata_path]
+    print(f"wrote {', '.join(str(path) for path in written if path is not None)}")
     return 0
 
 
@@ -302,12 +326,22 @@ def _add_export_command(commands: argparse._SubParsersAction) -> None:
     export.add_argument("model", help=MODEL_HELP)
     export.add_argument("--format", required=True, choices=("onnx", "torchscript", "exported-program"))
     export.add_argument(
-        "--output", required=True, type=Path, help="file to write (.onnx, .pt, .pt2); PATH.json beside"
+        "--output",
+        required=True,
+        type=Path,
+        help="file to write (.onnx, .torchscript, .pt2); PATH.json and, for trackers, PATH.metadata.json beside",
     )
     export.add_argument(
         "--batch", type=_batch_size_or_dynamic, default=1, help="batch size the file takes, or 'dynamic' (default 1)"
     )
     export.add_argument("--half", action="store_true", help="float16 weights (float32 in and out)")
+    export.add_argument(
+        "--input-norm",
+        choices=("model", "imagenet"),
+        default="model",
+        help="the input's mean/std: the model's own (default), or ImageNet's as trackers (BoxMOT) feed it; "
+        "for a tracker: --input-norm imagenet --batch dynamic, .onnx or .torchscript",
+    )
     export.add_argument("--dataset", help="also check on query images of this benchmark (with --root)")
     export.add_argument("--root", type=Path, help="the benchmark folder as extracted")
     export.add_argument("--subset", help="cuhk03 only: labeled (default) or detected")
@@ -334,6 +368,7 @@ def _embed(args: argparse.Namespace) -> int:
         autocast_dtype=dtype,
         flip=args.flip,
         progress=True,
+        resize=args.resize,
     )
     names = [path.relative_to(args.folder).as_posix() for path in files]
     save_embeddings(args.output, features, names, encoder=encoder, model=str(args.model))
@@ -350,6 +385,12 @@ def _add_embed_command(commands: argparse._SubParsersAction) -> None:
     embed.add_argument("--device", help="e.g. cuda, cuda:1, cpu (default: cuda when available)")
     embed.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32", help="autocast")
     embed.add_argument("--flip", action="store_true", help="add each image's mirror image's feature")
+    embed.add_argument(
+        "--resize",
+        choices=("pil", "opencv"),
+        default="pil",
+        help="pil: antialiased, as evaluation (default); opencv: bilinear without antialiasing, as trackers",
+    )
     embed.set_defaults(handler=_embed)
 
 
