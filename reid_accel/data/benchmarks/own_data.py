@@ -77,6 +77,26 @@ def check_readable(images: Iterable[LabelledImage]) -> None:
             ) from None
 
 
+def _by_person(images: list[LabelledImage]) -> dict[str, list[LabelledImage]]:
+    """The images of each person, people in sorted order, images in input order."""
+    views = defaultdict(list)
+    for image in images:
+        views[image.person].append(image)
+    return {person: views[person] for person in sorted(views)}
+
+
+def _all_or_none(images: list[LabelledImage], field: str) -> bool:
+    """Whether every image has `field` ("camera", "split"); False when none has.
+
+    Raises:
+        DatasetLayoutError: naming the first image without it when others have it.
+    """
+    missing = [image for image in images if getattr(image, field) is None]
+    if missing and len(missing) < len(images):
+        raise DatasetLayoutError(f"{missing[0].where}: no {field}, though other images have one; give all or none")
+    return not missing
+
+
 def _ids(names: Iterable[str]) -> dict[str, int]:
     return {name: index for index, name in enumerate(sorted(set(names)))}
 
@@ -85,12 +105,9 @@ def _make_query_gallery(
     images: list[LabelledImage], rng: random.Random
 ) -> tuple[list[LabelledImage], list[LabelledImage]]:
     """One query per person and camera, when the person keeps a gallery image it can match (module docstring)."""
-    by_person = defaultdict(list)
-    for image in images:
-        by_person[image.person].append(image)
     queries = []
-    for person in sorted(by_person):
-        rest = sorted(by_person[person], key=lambda image: str(image.path))
+    for rest in _by_person(images).values():
+        rest = sorted(rest, key=lambda image: str(image.path))
         for camera in sorted({image.camera for image in rest}, key=str):
             group = [image for image in rest if image.camera == camera]
             candidate = group[rng.randrange(len(group))]
@@ -131,24 +148,16 @@ def build_split(
             raise DatasetLayoutError(
                 f"{image.where}: split {image.split!r}; expected one of {', '.join(SPLIT_VALUES)}"
             )
-    with_camera = [image for image in images if image.camera is not None]
-    if with_camera and len(with_camera) != len(images):
-        missing = next(image for image in images if image.camera is None)
-        raise DatasetLayoutError(f"{missing.where}: no camera, though other images have one; give all or none")
-    counts = defaultdict(list)
-    for image in images:
-        counts[image.person].append(image)
-    for person in sorted(counts):
-        if len(counts[person]) == 1:
-            raise DatasetLayoutError(
-                f"{counts[person][0].where}: the only image of person {person!r}; re-ID needs two or more per person"
-            )
-    given = [image for image in images if image.split is not None]
-    if given and len(given) != len(images):
-        missing = next(image for image in images if image.split is None)
-        raise DatasetLayoutError(f"{missing.where}: no split, though other rows have one; give all or none")
+    has_cameras = _all_or_none(images, "camera")
+    given = _all_or_none(images, "split")
     if given and test_fraction is not None:
         raise DatasetLayoutError(f"{source}: option test_fraction={test_fraction}, but the data has its own split")
+    by_person = _by_person(images)
+    for person, views in by_person.items():
+        if len(views) == 1:
+            raise DatasetLayoutError(
+                f"{views[0].where}: the only image of person {person!r}; re-ID needs two or more per person"
+            )
     check_readable(images)
 
     rng = random.Random(split_seed)
@@ -159,7 +168,7 @@ def build_split(
         made_query, made_gallery = _make_query_gallery([image for image in images if image.split == "test"], rng)
         query, gallery = query + made_query, gallery + made_gallery
     elif test_fraction is not None:
-        people = sorted(counts)
+        people = sorted(by_person)
         rng.shuffle(people)
         held_out = min(max(round(test_fraction * len(people)), 1), len(people) - 1)
         if held_out < 1:
@@ -174,7 +183,8 @@ def build_split(
         if not part:
             raise DatasetLayoutError(f"{source}: the {name} split is empty")
 
-    pids, camids = _ids(image.person for image in images), _ids(image.camera for image in with_camera)
+    pids = _ids(image.person for image in images)
+    camids = _ids(image.camera for image in images) if has_cameras else {}
 
     def records(part: list[LabelledImage]) -> list[ImageRecord]:
         return [
