@@ -33,6 +33,7 @@ from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
 from reid_accel.data import build_transform, decode_image
+from reid_accel.data.benchmarks.identity_folders import IMAGE_SUFFIXES
 from reid_accel.data.transforms import RESIZE_MODES
 from reid_accel.errors import InputError
 from reid_accel.fileio import atomic_path
@@ -40,7 +41,6 @@ from reid_accel.modeling import ReIDEncoder
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 ImageLike = str | os.PathLike | PIL.Image.Image | np.ndarray | torch.Tensor
 
 

@@ -180,3 +180,17 @@ def model_dir(encoder, tmp_path_factory):
     folder = tmp_path_factory.mktemp("model")
     encoder.save_pretrained(folder)
     return folder
+
+
+def test_embed_command_resizes_as_trackers_do(encoder, model_dir, scene, tmp_path):
+    from safetensors.torch import load_file
+
+    crops = crop_boxes(scene[0][0], np.round(scene[1][0]))
+    (tmp_path / "crops").mkdir()
+    for index, crop in enumerate(crops):
+        cv2.imwrite(str(tmp_path / "crops" / f"{index}.png"), crop)
+    output = tmp_path / "features.safetensors"
+    argv = ["embed", str(model_dir), str(tmp_path / "crops"), "--output", str(output), "--device", "cpu"]
+    assert main([*argv, "--resize", "opencv"]) == 0
+    expected = embed_images(encoder, crops, bgr=True, resize="opencv")
+    torch.testing.assert_close(load_file(output)["features"], expected, rtol=0, atol=1e-5)
