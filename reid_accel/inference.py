@@ -155,7 +155,7 @@ def embed_detections(
     frames: Sequence[np.ndarray],
     boxes: Sequence[Sequence[Sequence[float]] | np.ndarray],
     *,
-    batch_size: int = 256,
+    batch_size: int = 64,
     device: str | torch.device | None = None,
     autocast_dtype: torch.dtype | None = None,
     bgr: bool = True,
