@@ -240,8 +240,8 @@ def tracker_name_problem(fmt: str, output: str | os.PathLike) -> str | None:
 def validate_export(fmt: str, output: str | os.PathLike, *, batch: int | None, input_norm: str = "model") -> None:
     """Refuse an export request that cannot succeed, before any model is loaded.
 
-    A name BoxMOT misreads is refused for a tracker file (`input_norm="imagenet"`) and logged as a warning
-    otherwise.
+    A name BoxMOT misreads is refused for a tracker file (`input_norm="imagenet"`); `export_encoder` warns about
+    it otherwise.
 
     Raises:
         ExportError: unknown format or input normalisation, a .pt2 archive not named so, a batch size below 1,
@@ -254,10 +254,6 @@ def validate_export(fmt: str, output: str | os.PathLike, *, batch: int | None, i
     problem = tracker_name_problem(fmt, output)
     if problem is not None and input_norm == "imagenet":
         raise ExportError(problem)
-    if problem is not None and fmt in TRACKER_SUFFIXES:
-        logger.warning("%s (for use in a tracker)", problem)
-    if input_norm == "imagenet" and batch is not None:
-        logger.warning("--batch %d: trackers embed all crops of a frame at once; --batch dynamic suits them", batch)
     if fmt == "exported-program" and Path(output).suffix != ".pt2":
         raise ExportError(f"--output {output}: an exported program is a .pt2 archive, name it so (torch.export.load)")
     if batch is not None and batch < 1:
@@ -318,6 +314,11 @@ def export_encoder(
             nothing is written).
     """
     validate_export(fmt, output, batch=batch, input_norm=input_norm)
+    problem = tracker_name_problem(fmt, output)
+    if problem is not None and fmt in TRACKER_SUFFIXES:
+        logger.warning("%s (for use in a tracker)", problem)
+    if input_norm == "imagenet" and batch is not None:
+        logger.warning("--batch %d: trackers embed all crops of a frame at once; --batch dynamic suits them", batch)
     height, width = encoder.input_size
     if images is not None and tuple(images.shape[1:]) != (3, height, width):
         raise ExportError(f"check images have shape {tuple(images.shape)}, expected (M, 3, {height}, {width})")
