@@ -190,3 +190,11 @@ def test_folder_bad_options(tmp_path, write_folder, options, expected):
     root = write_folder(tmp_path / "crops", {"p0": ["a.png", "b.png"]})
     with pytest.raises(DatasetLayoutError, match=expected.replace("(", r"\(").replace(")", r"\)")):
         identity_folders.parse(root, **options)
+
+
+def test_both_readers_are_registered_with_their_camera_answer():
+    from reid_accel.data.benchmarks import BENCHMARKS
+
+    for name, module in (("folders", identity_folders), ("table", table)):
+        assert BENCHMARKS[name] is module.BENCHMARK and module.__doc__
+        assert BENCHMARKS[name].has_cameras is module.has_cameras
