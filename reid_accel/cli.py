@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 LOG_FORMAT = "%(levelname)s: %(message)s"
 MODEL_HELP = "a save_pretrained folder, a run folder, a checkpoint folder or a Hub repo id"
+RESIZE_HELP = "pil: antialiased, as training (default); opencv: bilinear without antialiasing, as trackers resize"
 SUBSET_HELP = "cuhk03 only: labeled or detected (default: the subset folder ROOT points at, else labeled)"
 
 
@@ -240,6 +241,7 @@ def _eval(args: argparse.Namespace) -> int:
         rerank=args.rerank,
         ap_mode=args.ap_mode,
         model_reference=str(args.model),
+        resize=args.resize,
     )
     if _is_main_process():
         print(f"{'dataset':<12} {'queries':>7} {'mAP':>6} {'rank-1':>7} {'rank-5':>7} {'rank-10':>8}")
@@ -259,6 +261,7 @@ def _add_eval_command(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--flip", action="store_true", help="average each feature with its mirror image's")
     evaluate.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3)")
     evaluate.add_argument("--ap-mode", choices=("standard", "trapezoid"), default="standard", help="AP convention")
+    evaluate.add_argument("--resize", choices=("pil", "opencv"), default="pil", help=RESIZE_HELP)
     evaluate.add_argument("--output-dir", type=Path, help="write metrics.json, features and pictures here")
     evaluate.add_argument("--batch-size", type=_count(1), default=256, help="images per forward pass (default 256)")
     evaluate.add_argument("--num-workers", type=_count(0), default=4, help="image decoding processes (default 4)")
@@ -389,7 +392,7 @@ def _add_embed_command(commands: argparse._SubParsersAction) -> None:
         "--resize",
         choices=("pil", "opencv"),
         default="pil",
-        help="pil: antialiased, as evaluation (default); opencv: bilinear without antialiasing, as trackers",
+        help=RESIZE_HELP,
     )
     embed.set_defaults(handler=_embed)
 

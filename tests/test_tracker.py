@@ -194,3 +194,22 @@ def test_embed_command_resizes_as_trackers_do(encoder, model_dir, scene, tmp_pat
     assert main([*argv, "--resize", "opencv"]) == 0
     expected = embed_images(encoder, crops, bgr=True, resize="opencv")
     torch.testing.assert_close(load_file(output)["features"], expected, rtol=0, atol=1e-5)
+
+
+def test_eval_resizes_as_trackers_do_on_a_folder_of_identities(encoder, model_dir, scene, tmp_path, monkeypatch):
+    import datasets
+    from safetensors import safe_open
+
+    crops = [crop for frame, b in zip(*scene, strict=True) for crop in crop_boxes(frame, np.round(b))]
+    for index, crop in enumerate(crops):  # 4 people, 2 crops each, no cameras
+        (tmp_path / "crops" / f"person{index // 2}").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(tmp_path / "crops" / f"person{index // 2}" / f"{index}.png"), crop)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
+    argv = ["eval", str(model_dir), "--dataset", "folders", "--root", str(tmp_path / "crops"), "--num-workers", "0"]
+    assert main([*argv, "--resize", "opencv", "--output-dir", str(tmp_path / "eval")]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["resize"] == "opencv" and metrics["num_valid_queries"] == 4  # same-camera matches count
+    with safe_open(tmp_path / "eval" / "features.safetensors", "pt") as stored:
+        features, paths = stored.get_tensor("query_features"), json.loads(stored.metadata()["query_paths"])
+    expected = embed_images(encoder, paths, resize="opencv")
+    torch.testing.assert_close(features, expected, rtol=0, atol=1e-5)

@@ -104,8 +104,11 @@ def evaluate_model(
     rerank: bool = False,
     ap_mode: str = "standard",
     model_reference: str = "",
+    resize: str = "pil",
 ) -> dict:
     """Evaluate an encoder on a benchmark's query/gallery split, as `reid-accel eval` does.
+
+    `resize="opencv"` resizes as trackers do (bilinear without antialiasing; see `build_transform`).
 
     With `output_dir`, the main process writes `metrics.json`, `features.safetensors` (features, pids, camids,
     and the image paths in the metadata), `cmc.png` and `rank_list.png` (the last two need matplotlib).
@@ -118,7 +121,7 @@ def evaluate_model(
     with accelerator.local_main_process_first():
         splits = load_benchmark(dataset.name, dataset.resolved_root(), **dataset.options)
     height, width = encoder.input_size
-    transform = build_transform(height, width, mean=encoder.mean, std=encoder.std)
+    transform = build_transform(height, width, mean=encoder.mean, std=encoder.std, resize=resize)
     query_set, gallery_set = (ReIDImageDataset(splits[name], transform) for name in ("query", "gallery"))
     query_loader, gallery_loader = (
         DataLoader(images, batch_size=batch_size, num_workers=num_workers) for images in (query_set, gallery_set)
@@ -134,7 +137,7 @@ def evaluate_model(
         ap_mode=ap_mode,
     )
     settings = {"dataset": dataset.name, "root": str(dataset.resolved_root()), "model": model_reference}
-    settings |= {"flip": flip, "rerank": rerank}  # the AP convention comes with the metrics
+    settings |= {"flip": flip, "rerank": rerank, "resize": resize}  # the AP convention comes with the metrics
     if output_dir is not None and accelerator.is_main_process:
         write_evaluation(Path(output_dir), metrics, settings, query, gallery, query_set, gallery_set)
     accelerator.wait_for_everyone()
