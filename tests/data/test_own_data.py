@@ -140,8 +140,18 @@ def write_table(root: Path, write_folder, lines: list[str], images: list[str]) -
         (["p/a.png,1,1", "p/c.png,1,2"], "labels.csv:3: {root}/p/c.png does not exist"),
         (["p/a.png,1,1", "p/bad.png,1,2"], "labels.csv:3: unreadable image {root}/p/bad.png (empty file)"),
         (["p/a.png,,1"], "labels.csv:2: empty person"),
+        (["p/a.png,1,", "p/b.png,1,"], "labels.csv: the column camera is empty; fill it or drop it"),
     ],
-    ids=["duplicate", "outside-root", "one-image", "camera-missing", "missing-file", "unreadable", "no-person"],
+    ids=[
+        "duplicate",
+        "outside-root",
+        "one-image",
+        "camera-missing",
+        "missing-file",
+        "unreadable",
+        "no-person",
+        "no-camera",
+    ],
 )
 def test_table_bad_input(tmp_path, write_folder, lines, expected):
     root = write_table(tmp_path / "crops", write_folder, lines, ["a.png", "b.png"])

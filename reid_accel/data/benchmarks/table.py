@@ -110,6 +110,8 @@ def parse(
                 where=where,
             )
         )
+    if CAMERA_COLUMN in columns and all(image.camera is None for image in images):
+        raise DatasetLayoutError(f"{path}: the column {CAMERA_COLUMN} is empty; fill it or drop it")
     return build_split(images, source=path, test_fraction=test_fraction, split_seed=split_seed)
 
 
