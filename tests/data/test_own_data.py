@@ -172,8 +172,9 @@ def test_table_bad_input(tmp_path, write_folder, lines, expected):
         ({"p0": ["a_c1.png", "b.png"]}, {"camera_pattern": r"_c(\d)"}, "p0/b.png", "finds no camera in this name"),
         ({"p0/x": ["a.png"]}, {}, "p0/x", "is camera_level=2 meant?"),
         ({"": ["a.png"]}, {}, "a.png", "an image directly in the root"),
+        ({"p0": ["a_c1.png", "b_c1.png"]}, {"camera_pattern": r"_c(\d)"}, "", "no person is seen by two cameras"),
     ],
-    ids=["empty-person", "one-image", "unreadable", "pattern-misses", "nested", "stray-image"],
+    ids=["empty-person", "one-image", "unreadable", "pattern-misses", "nested", "stray-image", "one-camera"],
 )
 def test_folder_bad_input(tmp_path, write_folder, layout, options, culprit, expected):
     root = write_folder(tmp_path / "crops", layout)

@@ -179,6 +179,11 @@ def build_split(
     else:
         train = list(images)
         query, gallery = _make_query_gallery(images, rng)
+    if not query and not given and has_cameras:
+        raise DatasetLayoutError(
+            f"{source}: no person is seen by two cameras, so no query could have a match from another camera; "
+            "leave the cameras out to evaluate with same-camera matches"
+        )
     for name, part in (("train", train), ("query", query), ("gallery", gallery)):
         if not part:
             raise DatasetLayoutError(f"{source}: the {name} split is empty")
