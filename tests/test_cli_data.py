@@ -225,23 +225,3 @@ def test_openmp_threads_sleep_only_when_the_cores_are_shared(monkeypatch):
     monkeypatch.setattr(cli, "_busy_cores", lambda: 1.0)
     assert "sleep" in cli._choose_openmp_wait_policy() and os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
     assert cli._choose_openmp_wait_policy() is None, "a policy already set is kept"
-
-
-def test_info_takes_a_benchmark_s_options(tmp_path, capsys):
-    import PIL.Image
-
-    for person in ("ann", "bob"):
-        for camera in ("north", "south"):
-            folder = tmp_path / "crops" / person / camera
-            folder.mkdir(parents=True)
-            PIL.Image.new("RGB", (8, 16)).save(folder / "0.png")
-    argv = ["data", "info", "folders", str(tmp_path / "crops"), "--cache-dir", str(tmp_path / "cache")]
-    assert main([*argv, "--option", "camera_level=2"]) == 0
-    assert capsys.readouterr().out.splitlines()[1:] == [
-        "train           4          2       2",
-        "query           2          2       1",
-        "gallery         2          2       1",
-    ]
-    assert main([*argv, "--option", "camera_levels=2"]) == 2
-    assert "benchmark 'folders' has no option 'camera_levels'" in capsys.readouterr().err
-    assert main([*argv, "--option", "camera_level"]) == 2  # not KEY=VALUE: argparse refuses it

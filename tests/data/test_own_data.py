@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import PIL.Image
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -209,3 +210,23 @@ def test_both_readers_are_registered_with_their_camera_answer():
     for name, module in (("folders", identity_folders), ("table", table)):
         assert BENCHMARKS[name] is module.BENCHMARK and module.__doc__
         assert BENCHMARKS[name].has_cameras is module.has_cameras
+
+
+def test_data_info_takes_a_benchmark_s_options(tmp_path, capsys):
+    from reid_accel.cli import main
+
+    for person in ("ann", "bob"):
+        for camera in ("north", "south"):
+            folder = tmp_path / "crops" / person / camera
+            folder.mkdir(parents=True)
+            PIL.Image.new("RGB", (8, 16)).save(folder / "0.png")
+    argv = ["data", "info", "folders", str(tmp_path / "crops"), "--cache-dir", str(tmp_path / "cache")]
+    assert main([*argv, "--option", "camera_level=2"]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        "train           4          2       2",
+        "query           2          2       1",
+        "gallery         2          2       1",
+    ]
+    assert main([*argv, "--option", "camera_levels=2"]) == 2
+    assert "benchmark 'folders' has no option 'camera_levels'" in capsys.readouterr().err
+    assert main([*argv, "--option", "camera_level"]) == 2  # not KEY=VALUE: argparse refuses it
