@@ -13,6 +13,7 @@ import json
 import os
 from pathlib import Path
 
+import torch
 from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError
 from safetensors import SafetensorError
@@ -111,21 +112,27 @@ def from_pretrained(
         state = load_file(weights_path, device=map_location)
     except (SafetensorError, OSError) as err:
         raise ModelLoadError(f"{weights_path}: not a readable safetensors file ({err})") from None
-    expected = model.state_dict()
+    load_weights_strictly(model, state, source=f"{weights_path}: weights do not match the config")
+    return model.eval()
+
+
+def load_weights_strictly(encoder: ReIDEncoder, state: dict[str, torch.Tensor], *, source: str) -> None:
+    """Load `state` into `encoder` only if it has every key, nothing more and the same shapes.
+
+    Raises:
+        ModelLoadError: `source` (what was read, and why it should fit), then what differs.
+    """
+    expected = encoder.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise ModelLoadError(
-            f"{weights_path}: weights do not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
+        raise ModelLoadError(f"{source}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     wrong = [k for k in expected if expected[k].shape != state[k].shape]
     if wrong:
         raise ModelLoadError(
-            f"{weights_path}: {wrong[0]} has shape {tuple(state[wrong[0]].shape)}, "
-            f"expected {tuple(expected[wrong[0]].shape)}"
+            f"{source}: {wrong[0]} has shape {tuple(state[wrong[0]].shape)}, expected {tuple(expected[wrong[0]].shape)}"
         )
-    model.load_state_dict(state, strict=True)
-    return model.eval()
+    encoder.load_state_dict(state, strict=True)
 
 
 def push_to_hub(

@@ -26,7 +26,7 @@ from reid_accel.config import ExperimentConfig, load_config
 from reid_accel.errors import ConfigError, ModelLoadError, first_line
 from reid_accel.fileio import atomic_path, share_as_umask, write_text_atomic
 from reid_accel.folders import CheckpointFolder, RunFolder, find_model_folder
-from reid_accel.hub import from_pretrained
+from reid_accel.hub import from_pretrained, load_weights_strictly
 from reid_accel.modeling import ReIDEncoder
 from reid_accel.modeling.encoder import imagenet_weights_id
 
@@ -160,14 +160,9 @@ def encoder_from_checkpoint(checkpoint: CheckpointFolder) -> ReIDEncoder:
         cfg = load_config(checkpoint.config)
         arguments = encoder_arguments(cfg)
         started_from_imagenet = arguments["pretrained"] or arguments["pretrained_path"] is not None
-        encoder = ReIDEncoder(
-            **arguments
-            | {
-                "pretrained": False,
-                "pretrained_path": None,
-                "base_model": imagenet_weights_id(cfg.model.backbone) if started_from_imagenet else None,
-            }
-        )
+        base_model = imagenet_weights_id(cfg.model.backbone) if started_from_imagenet else None
+        arguments.update(pretrained=False, pretrained_path=None, base_model=base_model)  # the card still names it
+        encoder = ReIDEncoder(**arguments)
         weights = load_file(checkpoint.weights)
     except (ConfigError, OSError, SafetensorError) as err:
         raise ModelLoadError(f"{checkpoint.root}: not a readable checkpoint ({first_line(err)})") from None
@@ -176,12 +171,7 @@ def encoder_from_checkpoint(checkpoint: CheckpointFolder) -> ReIDEncoder:
         key = key.removeprefix("module.")
         if key.startswith("encoder."):
             state[key.removeprefix("encoder.")] = value
-    result = encoder.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ModelLoadError(
-            f"{checkpoint.root}: checkpoint does not match {cfg.model.backbone}: missing {result.missing_keys[:3]}, "
-            f"unexpected {result.unexpected_keys[:3]}"
-        )
+    load_weights_strictly(encoder, state, source=f"{checkpoint.root}: checkpoint does not match {cfg.model.backbone}")
     return encoder.eval()
 
 

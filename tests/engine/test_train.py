@@ -13,6 +13,7 @@ from reid_accel.data import load_benchmark
 from reid_accel.engine import train as train_module
 from reid_accel.engine.state import load_encoder
 from reid_accel.engine.train import LossNotFinite, TrainingInterrupted, setup, train, train_step
+from reid_accel.errors import ModelLoadError
 from reid_accel.folders import RunFolder
 from reid_accel.generators.synthetic import generate_world
 
@@ -58,6 +59,18 @@ def test_the_model_folder_the_run_folder_and_the_last_checkpoint_load_the_same_e
         expected = load_encoder(run.model.root).embed(images)
         for reference in (run.root, run.checkpoints()[-1].root):
             torch.testing.assert_close(load_encoder(reference).embed(images), expected, rtol=0, atol=0)
+
+
+def test_a_checkpoint_whose_config_names_another_backbone_is_refused(straight_run, tmp_path):
+    copy = tmp_path / "checkpoint_1"
+    shutil.copytree(RunFolder(straight_run).checkpoints()[-1].root, copy)
+    config = copy / "config.yaml"
+    config.write_text(config.read_text().replace("backbone: test_resnet", "backbone: test_efficientnet"))
+    with pytest.raises(ModelLoadError, match=r"checkpoint_1: checkpoint does not match test_efficientnet: missing"):
+        load_encoder(copy)
+    config.write_text("model: [")
+    with pytest.raises(ModelLoadError, match=r"checkpoint_1: not a readable checkpoint"):
+        load_encoder(copy)
 
 
 def test_resume_after_an_epoch_matches_one_run(write_config, tmp_path, straight_run):
