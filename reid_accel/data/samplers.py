@@ -77,6 +77,11 @@ class CrossDomainBatchSampler(Sampler[list[int]]):
         step = self.layout.domain_batch
         return math.ceil(larger / step) if epoch == 1 else larger // step
 
+    @property
+    def steady_steps_per_epoch(self) -> int:
+        """Steps of every epoch after the first: the figure a run reports (the first epoch may take one more)."""
+        return self.steps_per_epoch(2)
+
     def set_epoch(self, epoch: int, *, start_step: int = 0) -> None:
         """Select the (1-based) epoch to iterate, starting after `start_step` steps already done (resume)."""
         if epoch < 1:
