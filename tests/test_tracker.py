@@ -21,6 +21,7 @@ import torch
 from reid_accel.cli import main
 from reid_accel.data import build_transform
 from reid_accel.export import EmbeddingModule, export_encoder
+from reid_accel.hub import save_pretrained
 from reid_accel.inference import crop_boxes, embed_detections, embed_images, to_pil
 from reid_accel.modeling import ReIDEncoder
 
@@ -178,7 +179,7 @@ def test_tracker_export_command(model_dir, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def model_dir(encoder, tmp_path_factory):
     folder = tmp_path_factory.mktemp("model")
-    encoder.save_pretrained(folder)
+    save_pretrained(encoder, folder)
     return folder
 
 
