@@ -41,6 +41,9 @@ def _load_yaml(text: str) -> Any:
 
 
 ERASING_RATIO_RULES = ("linear", "log")
+NEIGHBOUR_MODES = ("camera_aware", "camera_agnostic")
+METHOD_NAMES = ("cail",)  # the names `reid_accel.methods.METHODS` registers, one per method file
+OPTIMIZERS = ("sgd", "adam")
 
 
 @dataclass
@@ -89,28 +92,43 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """The encoder: a timm backbone with last-stride surgery and a BNNeck."""
+    """The encoder: a timm backbone with last-stride surgery and a BNNeck.
+
+    `init_from` starts from a saved reid-accel model instead (a model folder or a Hub repo id, loaded strictly):
+    its own config then decides the architecture, and `backbone`, `pretrained`, `pretrained_path` and `last_stride`
+    are not used. The domain-adaptive clustering recipes start from a source-trained model this way.
+    """
 
     backbone: str = "resnet50.tv_in1k"
     pretrained: bool = True
     pretrained_path: str | None = None
     last_stride: int = 1
+    init_from: str | None = None
     channels_last: bool = False
     compile: bool = False
 
 
 @dataclass
-class ObjectiveConfig:
-    """Loss terms and their schedule; epochs are 1-based and a term is on once `epoch > *_start_epoch`.
+class MethodConfig:
+    """Which training method runs: its settings are its own section (`objective` for "cail")."""
 
+    name: str = "cail"
+
+
+@dataclass
+class ObjectiveConfig:
+    """The "cail" method: loss terms and their schedule; epochs are 1-based and a term is on once
+    `epoch > *_start_epoch`.
+
+    `neighbour_mode`: "camera_aware" (intra- and inter-camera losses) or the "camera_agnostic" ablation.
     `mixup_lambda_per`: "global" draws one mixup weight per optimizer step; "group" one per BatchNorm group, as
     the original drew one per GPU.
     """
 
     target_branch: bool = True
-    neighbor_mode: int = 1
+    neighbour_mode: str = "camera_aware"
     scale: float = 10.0
-    neighbor_eps: float = 0.8
+    neighbour_eps: float = 0.8
     intra_start_epoch: int = 10
     intra_weight: float = 1.0
     inter_start_epoch: int = 30
@@ -125,8 +143,14 @@ class ObjectiveConfig:
 
 @dataclass
 class OptimConfig:
-    """SGD with two parameter groups (pretrained backbone, new layers) and a multi-step schedule."""
+    """SGD or Adam with two parameter groups (pretrained backbone, new layers) and a multi-step schedule.
 
+    `momentum` is SGD's (Adam keeps its default betas). With `warmup_epochs` w > 0 the learning rates of epoch e
+    (1-based) are scaled by `warmup_factor + (1 - warmup_factor) (e - 1) / w` while e <= w, as the clustering
+    recipes warm up (0.01 over 10 epochs).
+    """
+
+    optimizer: str = "sgd"
     lr_backbone: float = 0.01
     lr_new: float = 0.05
     momentum: float = 0.9
@@ -134,6 +158,8 @@ class OptimConfig:
     epochs: int = 70
     milestones: list[int] = field(default_factory=lambda: [60])
     gamma: float = 0.1
+    warmup_epochs: int = 0
+    warmup_factor: float = 0.01
 
 
 @dataclass
@@ -170,6 +196,7 @@ class ExperimentConfig:
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -228,9 +255,11 @@ RULES = {
     "model.backbone": NON_EMPTY,
     "model.pretrained_path": EXISTING_FILE,
     "model.last_stride": _choice(1, 2),
-    "objective.neighbor_mode": _choice(0, 1),
+    "model.init_from": NON_EMPTY,
+    "method.name": _choice(*METHOD_NAMES),
+    "objective.neighbour_mode": _choice(*NEIGHBOUR_MODES),
     "objective.scale": POSITIVE,
-    "objective.neighbor_eps": PROBABILITY,
+    "objective.neighbour_eps": PROBABILITY,
     "objective.intra_start_epoch": NON_NEGATIVE,
     "objective.intra_weight": NON_NEGATIVE,
     "objective.inter_start_epoch": NON_NEGATIVE,
@@ -240,12 +269,15 @@ RULES = {
     "objective.mixup_start_epoch": NON_NEGATIVE,
     "objective.mixup_alpha": POSITIVE,
     "objective.mixup_lambda_per": _choice("global", "group"),
+    "optim.optimizer": _choice(*OPTIMIZERS),
     "optim.lr_backbone": NON_NEGATIVE,
     "optim.lr_new": NON_NEGATIVE,
     "optim.momentum": MOMENTUM,
     "optim.weight_decay": NON_NEGATIVE,
     "optim.epochs": POSITIVE,
     "optim.gamma": POSITIVE,
+    "optim.warmup_epochs": NON_NEGATIVE,
+    "optim.warmup_factor": _number("a number in (0, 1]", lambda v: 0 < v <= 1),
     "train.seed": SEED,
     "train.mixed_precision": _choice("no", "fp16", "bf16"),
     "train.output_dir": NON_EMPTY,
@@ -329,6 +361,25 @@ def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+# Keys renamed since configs were first written, and the values they took: old files keep loading.
+RENAMED_KEYS = {("objective", "neighbor_mode"): "neighbour_mode", ("objective", "neighbor_eps"): "neighbour_eps"}
+RENAMED_VALUES = {("objective", "neighbour_mode"): {0: "camera_agnostic", 1: "camera_aware"}}
+
+
+def _upgrade_renamed(tree: dict[str, Any]) -> None:
+    """Move old spellings of keys (and values) to the current ones, in place; both spellings at once is an error."""
+    for (section, old), new in RENAMED_KEYS.items():
+        node = tree.get(section)
+        if isinstance(node, dict) and old in node:
+            if new in node:
+                raise ConfigError(f"{section}.{old}: renamed to {section}.{new}; give only one of them")
+            node[new] = node.pop(old)
+    for (section, key), values in RENAMED_VALUES.items():
+        node = tree.get(section)
+        if isinstance(node, dict) and type(node.get(key)) is int and node[key] in values:
+            node[key] = values[node[key]]
+
+
 def _apply_override(tree: dict[str, Any], override: str) -> None:
     """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (`0.02`, `[40, 60]`, `null`, `fp16`)."""
     key, sep, raw = override.partition("=")
@@ -339,6 +390,7 @@ def _apply_override(tree: dict[str, Any], override: str) -> None:
     except yaml.YAMLError as err:
         raise ConfigError(f"override {override!r}: value is not valid YAML ({err.problem})") from None
     *parents, leaf = key.split(".")
+    leaf = RENAMED_KEYS.get((".".join(parents), leaf), leaf)
     node = tree
     for part in parents:
         child = node.setdefault(part, {})
@@ -369,8 +421,10 @@ def load_config(path: str | os.PathLike | None, overrides: typing.Sequence[str] 
             raise ConfigError(f"{path}: not valid YAML ({err})".replace("\n", " ")) from None
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+        _upgrade_renamed(tree)
     for override in overrides:
         _apply_override(tree, override)
+    _upgrade_renamed(tree)
     try:
         return _build(ExperimentConfig, tree)
     except ConfigError as err:

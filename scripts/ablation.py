@@ -23,7 +23,10 @@ from reid_accel.fileio import write_json_atomic
 # name -> (what the row means, overrides of the config, which is the full method)
 VARIANTS = {
     "source_only": ("source only (no target branch)", ["objective.target_branch=false"]),
-    "agnostic": ("camera-agnostic neighbourhood", ["objective.neighbor_mode=0", "objective.mixup=false"]),
+    "agnostic": (
+        "camera-agnostic neighbourhood",
+        ["objective.neighbour_mode=camera_agnostic", "objective.mixup=false"],
+    ),
     "intra": ("camera-aware, intra-camera term", ["objective.inter_weight=0", "objective.mixup=false"]),
     "intra_inter": ("camera-aware, intra + inter-camera terms", ["objective.mixup=false"]),
     "full": ("camera-aware, intra + inter + cross-domain mixup (the full method)", []),

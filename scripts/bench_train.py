@@ -15,7 +15,7 @@ accumulation. `ratio` times the run's `train_step` against the bare step of the 
 augmented) images: forward, cross-entropy, backward and SGD, nothing else; their throughput ratio is what the
 method's own work (augmentation, the target branch, the memory, logging) costs. `breakdown` runs `train_step` under
 torch's profiler and reports the time inside each of the step's labelled ranges (`reid_accel.*`: augmentation,
-forward, objective with the target branch and its neighbour diagnostics inside, backward, optimizer, memory update).
+forward, objective with the target branch and its neighbour diagnostics inside, backward, optimizer, state update: the memory).
 """
 
 import argparse

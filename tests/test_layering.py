@@ -1,4 +1,4 @@
-"""The package's imports point down the data flow: ground floor -> config -> leaves -> engine -> cli.
+"""The package's imports point down the data flow: ground floor -> config -> leaves -> methods -> engine -> cli.
 
 Leaves (data, modeling, objectives, metrics) never import one another, so each can be built and tested alone. A
 package whose modules sit on different floors (`generators`) lists each module.
@@ -15,7 +15,16 @@ LEAVES = ("data", "modeling", "objectives", "metrics")
 LAYER = (
     {"errors": 0, "fileio": 1, "seeding": 1, "layout": 1, "config": 2, "generators.synthetic": 2}
     | dict.fromkeys(LEAVES, 3)
-    | {"generators.lookalike": 4, "engine": 4, "hub": 4, "inference": 4, "export": 4, "cli": 5, "train": 6}
+    | {
+        "generators.lookalike": 4,
+        "methods": 4,
+        "hub": 4,
+        "inference": 4,
+        "export": 4,
+        "engine": 5,
+        "cli": 6,
+        "train": 7,
+    }
 )
 
 

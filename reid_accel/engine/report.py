@@ -122,22 +122,6 @@ class RunRecorder:
             self._log_handler.close()
 
 
-def describe_neighbours(averages: dict[str, float]) -> str | None:
-    """One log line of the epoch's neighbour diagnostics (None when there are none), e.g.
-    `intra: precision 0.62, recall 0.35, 2.1 per row, 8 % of rows without; inter: ...`."""
-    groups = dict.fromkeys(
-        k[len(NEIGHBOUR_PREFIX) :].split("_")[0] for k in averages if k.startswith(NEIGHBOUR_PREFIX)
-    )
-    parts = []
-    for group in groups:
-        value = {k.split("_", 1)[1]: v for k, v in averages.items() if k.startswith(f"{NEIGHBOUR_PREFIX}{group}_")}
-        parts.append(
-            f"{group}: precision {value['precision']:.2f}, recall {value['recall']:.2f}, "
-            f"{value['neighbours']:.1f} per row, {100 * value['empty']:.0f} % of rows without"
-        )
-    return "; ".join(parts) or None
-
-
 def plot_training_curves(history: list[dict[str, Any]], evaluations: list[dict[str, Any]], path: str | Path) -> None:
     """Loss components per epoch; the neighbour sets' precision, recall and empty share (when recorded); and
     target mAP and rank-1 per evaluated epoch."""

@@ -3,17 +3,18 @@
 from reid_accel.objectives.cail import NEIGHBOUR_PREFIX, CAILObjective
 from reid_accel.objectives.mixup import mix_pixels, mixup_virtual_class_loss, sample_mixup_lambda
 from reid_accel.objectives.neighbourhood import (
-    camera_agnostic_neighborhood_loss,
-    camera_aware_neighborhood_loss,
+    camera_agnostic_neighbourhood_loss,
+    camera_aware_neighbourhood_loss,
     neighbour_statistics,
 )
-from reid_accel.objectives.schedule import learning_rate_factor, memory_momentum, mixup_active, target_loss_weights
+from reid_accel.objectives.schedule import TargetLossSchedule, learning_rate_factor, memory_momentum, mixup_active
 
 __all__ = [
     "CAILObjective",
     "NEIGHBOUR_PREFIX",
-    "camera_agnostic_neighborhood_loss",
-    "camera_aware_neighborhood_loss",
+    "TargetLossSchedule",
+    "camera_agnostic_neighbourhood_loss",
+    "camera_aware_neighbourhood_loss",
     "learning_rate_factor",
     "memory_momentum",
     "mix_pixels",
@@ -21,5 +22,4 @@ __all__ = [
     "mixup_virtual_class_loss",
     "neighbour_statistics",
     "sample_mixup_lambda",
-    "target_loss_weights",
 ]

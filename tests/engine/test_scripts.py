@@ -35,8 +35,8 @@ def test_bench_train_ratio_and_breakdown(write_config, tmp_path):
     step_ms = float(whole[0])
     ranges = {name: float(cells[0]) for name, cells in rows.items() if name.startswith("reid_accel.")}
     expected = {"augmentation", "forward", "objective", "target_branch", "neighbour_diagnostics", "backward"}
-    assert {f"reid_accel.{name}" for name in expected | {"optimizer", "memory_update"}} <= set(ranges)
-    top_level = ("augmentation", "forward", "objective", "backward", "optimizer", "memory_update")
+    assert {f"reid_accel.{name}" for name in expected | {"optimizer", "state_update"}} <= set(ranges)
+    top_level = ("augmentation", "forward", "objective", "backward", "optimizer", "state_update")
     assert 0 < sum(ranges[f"reid_accel.{name}"] for name in top_level) <= step_ms * 1.05  # ranges nest, not overlap
     assert ranges["reid_accel.neighbour_diagnostics"] <= ranges["reid_accel.target_branch"]
     assert ranges["reid_accel.target_branch"] <= ranges["reid_accel.objective"]
