@@ -42,8 +42,10 @@ def _load_yaml(text: str) -> Any:
 
 ERASING_RATIO_RULES = ("linear", "log")
 NEIGHBOUR_MODES = ("camera_aware", "camera_agnostic")
-METHOD_NAMES = ("cail",)  # the names `reid_accel.methods.METHODS` registers, one per method file
+METHOD_NAMES = ("cail", "camera_proxy")  # the names `reid_accel.methods.METHODS` registers, one per method file
 OPTIMIZERS = ("sgd", "adam")
+PROXY_KINDS = ("camera", "cluster")
+PROXY_UPDATES = ("sequential", "hardest")
 
 
 @dataclass
@@ -142,6 +144,37 @@ class ObjectiveConfig:
 
 
 @dataclass
+class CameraProxyConfig:
+    """The "camera_proxy" method: re-cluster the target every epoch, contrast each image with a proxy memory.
+
+    Defaults are O2CAP's recipe (CLUSTERING-METHODS.md): k-reciprocal Jaccard distances (`k1`, `k2`), DBSCAN
+    (`eps`, `min_samples`), one proxy per (cluster, camera) (`proxies: camera`), offline + online association
+    losses at `temperature`, memory rows moved to `normalise(memory_momentum m + (1 - memory_momentum) x)` after
+    every step, batches of `data.batch_size / images_per_proxy` proxies x `images_per_proxy` images,
+    `steps_per_epoch` steps an epoch. `proxies: cluster` is plain cluster contrast (one centroid per cluster,
+    cross-entropy over all centroids), its recipe being `eps` 0.6, `k1` 30, `temperature` 0.05, `memory_momentum`
+    0.1, `memory_update: hardest` and `cross_camera: true` (each proxy's other images drawn from other cameras).
+    """
+
+    proxies: str = "camera"
+    k1: int = 20
+    k2: int = 6
+    eps: float = 0.5
+    min_samples: int = 4
+    images_per_proxy: int = 4
+    steps_per_epoch: int = 400
+    cross_camera: bool = False
+    temperature: float = 0.07
+    memory_momentum: float = 0.2
+    memory_update: str = "sequential"
+    offline_weight: float = 1.0
+    online_weight: float = 1.0
+    num_negatives: int = 50
+    online_positives: int = 3
+    online_self_weight: float = 0.15
+
+
+@dataclass
 class OptimConfig:
     """SGD or Adam with two parameter groups (pretrained backbone, new layers) and a multi-step schedule.
 
@@ -198,6 +231,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    camera_proxy: CameraProxyConfig = field(default_factory=CameraProxyConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -269,6 +303,21 @@ RULES = {
     "objective.mixup_start_epoch": NON_NEGATIVE,
     "objective.mixup_alpha": POSITIVE,
     "objective.mixup_lambda_per": _choice("global", "group"),
+    "camera_proxy.proxies": _choice(*PROXY_KINDS),
+    "camera_proxy.k1": POSITIVE,
+    "camera_proxy.k2": POSITIVE,
+    "camera_proxy.eps": _number("a number in (0, 1] (Jaccard distances lie in [0, 1])", lambda v: 0 < v <= 1),
+    "camera_proxy.min_samples": _number("an integer >= 2 (1 makes every image a cluster)", lambda v: v >= 2),
+    "camera_proxy.images_per_proxy": POSITIVE,
+    "camera_proxy.steps_per_epoch": POSITIVE,
+    "camera_proxy.temperature": POSITIVE,
+    "camera_proxy.memory_momentum": MOMENTUM,
+    "camera_proxy.memory_update": _choice(*PROXY_UPDATES),
+    "camera_proxy.offline_weight": NON_NEGATIVE,
+    "camera_proxy.online_weight": NON_NEGATIVE,
+    "camera_proxy.num_negatives": POSITIVE,
+    "camera_proxy.online_positives": POSITIVE,
+    "camera_proxy.online_self_weight": PROBABILITY,
     "optim.optimizer": _choice(*OPTIMIZERS),
     "optim.lr_backbone": NON_NEGATIVE,
     "optim.lr_new": NON_NEGATIVE,
@@ -306,11 +355,32 @@ def _check_values(cfg: ExperimentConfig) -> None:
         domain = getattr(cfg.data, name)
         for key, rule in DOMAIN_RULES.items() if domain is not None else ():
             _check(f"data.{name}.{key}", getattr(domain, key), rule)
+    if cfg.method.name == "camera_proxy":
+        _check_camera_proxy(cfg)
     milestones = cfg.optim.milestones
     if any(not 1 <= m <= cfg.optim.epochs for m in milestones) or milestones != sorted(set(milestones)):
         raise ConfigError(
             f"optim.milestones: expected increasing epochs within 1..{cfg.optim.epochs} (optim.epochs), got {milestones}"
         )
+
+
+def _check_camera_proxy(cfg: ExperimentConfig) -> None:
+    """The rules of the "camera_proxy" method that relate keys."""
+    c = cfg.camera_proxy
+    if cfg.data.target is None:
+        raise ConfigError("data.target: the camera_proxy method clusters data.target's train split; set it")
+    if cfg.data.batch_size % c.images_per_proxy:
+        raise ConfigError(
+            f"camera_proxy.images_per_proxy: {c.images_per_proxy} does not divide data.batch_size="
+            f"{cfg.data.batch_size} into whole proxies"
+        )
+    if cfg.data.bn_batch_size is not None and cfg.data.bn_batch_size % c.images_per_proxy:
+        raise ConfigError(
+            f"camera_proxy.images_per_proxy: {c.images_per_proxy} does not divide data.bn_batch_size="
+            f"{cfg.data.bn_batch_size}: a BatchNorm group must hold whole proxies"
+        )
+    if c.k2 > c.k1:
+        raise ConfigError(f"camera_proxy.k2: {c.k2} exceeds camera_proxy.k1={c.k1} (query expansion within the k1-NN)")
 
 
 def _convert(value: Any, annotation: Any, key: str) -> Any:

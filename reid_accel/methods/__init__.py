@@ -2,9 +2,11 @@
 
 from reid_accel.methods.base import Embed, GroupLoss, Method, MethodParts, is_diagnostic
 from reid_accel.methods.cail import CAIL
+from reid_accel.methods.camera_proxy import CameraProxy
 
 METHODS: dict[str, type[Method]] = {
     "cail": CAIL,
+    "camera_proxy": CameraProxy,
 }
 
-__all__ = ["METHODS", "CAIL", "Embed", "GroupLoss", "Method", "MethodParts", "is_diagnostic"]
+__all__ = ["METHODS", "CAIL", "CameraProxy", "Embed", "GroupLoss", "Method", "MethodParts", "is_diagnostic"]

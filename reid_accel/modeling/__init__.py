@@ -7,13 +7,14 @@ and `ReIDEncoder.from_pretrained` of a saved IBN model work in any process that 
 from reid_accel.modeling.encoder import BNNeck, ReIDEncoder, set_last_stride_one
 from reid_accel.modeling.ibn import IBNResNet, InstanceBatchNorm2d
 from reid_accel.modeling.memory import ExemplarMemory
-from reid_accel.modeling.network import CrossDomainNetwork
+from reid_accel.modeling.network import CrossDomainNetwork, FeatureNetwork
 from reid_accel.modeling.proxy_memory import ProxyMemory
 
 __all__ = [
     "BNNeck",
     "CrossDomainNetwork",
     "ExemplarMemory",
+    "FeatureNetwork",
     "IBNResNet",
     "InstanceBatchNorm2d",
     "ProxyMemory",
