@@ -5,13 +5,14 @@ pseudo-labels on every process and after a resume, so a method may recompute the
 them once and broadcast.
 """
 
-from reid_accel.clustering.dbscan import cluster_dbscan, jaccard_distance_graph
+from reid_accel.clustering.dbscan import canonical_labels, cluster_dbscan, jaccard_distance_graph
 from reid_accel.clustering.diagnostics import cluster_diagnostics
 from reid_accel.clustering.proxies import CameraProxies, camera_proxies, proxy_centroids
 
 __all__ = [
     "CameraProxies",
     "camera_proxies",
+    "canonical_labels",
     "cluster_dbscan",
     "cluster_diagnostics",
     "jaccard_distance_graph",

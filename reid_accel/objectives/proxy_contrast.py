@@ -133,6 +133,8 @@ def online_association_loss(
         raise ValueError(
             f"{num_proxies} proxies are fewer than num_positives + num_negatives = {num_positives + num_negatives}"
         )
+    if len(camera_of_proxy) and int(camera_of_proxy.min()) < 0:
+        raise ValueError("camera_of_proxy holds -1: online association needs proxies split by camera")
     if num_cameras is None:
         num_cameras = int(torch.cat([camera_of_proxy, camids]).max()) + 1
     if num_cameras < num_positives:

@@ -153,5 +153,7 @@ def test_online_refusals():
         online_association_loss(features, memory, proxies, cameras, camids, num_cameras=7)
     with pytest.raises(ValueError, match="2 cameras are fewer than num_positives=3"):
         online_association_loss(features, memory, proxies, cameras % 2, camids % 2)
+    with pytest.raises(ValueError, match="split by camera"):
+        online_association_loss(features, memory, proxies, torch.full_like(cameras, -1), camids)
     with pytest.raises(ValueError, match="one entry per sample"):
         online_association_loss(features, memory, proxies[:-1], cameras, camids)
