@@ -96,15 +96,17 @@ class DataConfig:
 class ModelConfig:
     """The encoder: a timm backbone with last-stride surgery and a BNNeck.
 
+    `pooling`: "avg" (the backbone's own) or "gem" (generalised mean with a trainable exponent, CNNs only).
     `init_from` starts from a saved reid-accel model instead (a model folder or a Hub repo id, loaded strictly):
-    its own config then decides the architecture, and `backbone`, `pretrained`, `pretrained_path` and `last_stride`
-    are not used. The domain-adaptive clustering recipes start from a source-trained model this way.
+    its own config then decides the architecture, and `backbone`, `pretrained`, `pretrained_path`, `last_stride`
+    and `pooling` are not used. The domain-adaptive clustering recipes start from a source-trained model this way.
     """
 
     backbone: str = "resnet50.tv_in1k"
     pretrained: bool = True
     pretrained_path: str | None = None
     last_stride: int = 1
+    pooling: str = "avg"
     init_from: str | None = None
     channels_last: bool = False
     compile: bool = False
@@ -289,6 +291,7 @@ RULES = {
     "model.backbone": NON_EMPTY,
     "model.pretrained_path": EXISTING_FILE,
     "model.last_stride": _choice(1, 2),
+    "model.pooling": _choice("avg", "gem"),
     "model.init_from": NON_EMPTY,
     "method.name": _choice(*METHOD_NAMES),
     "objective.neighbour_mode": _choice(*NEIGHBOUR_MODES),

@@ -180,6 +180,7 @@ def build_encoder(cfg: ExperimentConfig) -> ReIDEncoder:
         pretrained_path=cfg.model.pretrained_path,
         last_stride=cfg.model.last_stride,
         input_size=[cfg.data.height, cfg.data.width],
+        pooling=cfg.model.pooling,
     )
 
 

@@ -28,6 +28,7 @@ from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_model
 from timm.data import resolve_model_data_config
+from timm.layers import SelectAdaptivePool2d
 from timm.models import get_pretrained_cfg, is_model_in_modules
 from timm.models.resnet import BasicBlock, Bottleneck
 from torch import Tensor, nn
@@ -37,6 +38,7 @@ from reid_accel.fileio import atomic_path, write_text_atomic
 from reid_accel.modeling import ibn
 from reid_accel.modeling.batchnorm import running_stats_frozen
 from reid_accel.modeling.card import model_card
+from reid_accel.modeling.pooling import GeM
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +161,20 @@ def _create_backbone(
     return model
 
 
+POOLINGS = ("avg", "gem")
+
+
+def use_gem_pooling(backbone: nn.Module, name: str) -> None:
+    """Replace a timm CNN's global average pool by GeM (trainable p from 3), as cluster contrast pools its maps.
+
+    timm's CNNs pool in `global_pool` (a `SelectAdaptivePool2d` giving (B, C)) inside their own `forward_head`,
+    so swapping that module keeps every other step of the head (dropout, head norm) as it was.
+    """
+    if not isinstance(getattr(backbone, "global_pool", None), SelectAdaptivePool2d):
+        raise ConfigError(f"model.pooling=gem: {name!r} does not pool a CNN feature map (use model.pooling=avg)")
+    backbone.global_pool = GeM()
+
+
 class ReIDEncoder(nn.Module, PyTorchModelHubMixin):
     """Person re-ID feature extractor: timm backbone -> the backbone's pooling (pre-logits) -> BNNeck.
 
@@ -180,6 +196,7 @@ class ReIDEncoder(nn.Module, PyTorchModelHubMixin):
             backbones built for one input size (ViT, Swin).
         mean: per-channel input mean; defaults to the backbone's pretrained config.
         std: per-channel input std; defaults to the backbone's pretrained config.
+        pooling: "avg" (the backbone's own pooling) or "gem" (generalised mean, CNN backbones only).
         base_model: the Hub repo of the ImageNet weights training started from, for the model card; by default
             timm's repo for the tag when `pretrained` or `pretrained_path` loads weights (a local file is taken to
             hold the tag's weights), none for a random start.
@@ -195,6 +212,7 @@ class ReIDEncoder(nn.Module, PyTorchModelHubMixin):
         input_size: tuple[int, int] | list[int] = (256, 128),
         mean: list[float] | None = None,
         std: list[float] | None = None,
+        pooling: str = "avg",
         base_model: str | None = None,
     ) -> None:
         super().__init__()
@@ -211,6 +229,11 @@ class ReIDEncoder(nn.Module, PyTorchModelHubMixin):
             last_stride=last_stride,
             input_size=self.input_size,
         )
+        if pooling not in POOLINGS:
+            raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        if pooling == "gem":
+            use_gem_pooling(self.backbone, backbone)
+        self.pooling = pooling
         self.last_stride = last_stride
         weights_loaded = pretrained or pretrained_path is not None
         self.base_model = base_model if base_model is not None or not weights_loaded else imagenet_weights_id(backbone)
@@ -234,6 +257,9 @@ class ReIDEncoder(nn.Module, PyTorchModelHubMixin):
             "std": self.std,
             "feature_dim": self.feature_dim,
         }
+        config |= (
+            {"pooling": self.pooling} if self.pooling != "avg" else {}
+        )  # folders saved before GeM stay as they were
         return config | ({"base_model": self.base_model} if self.base_model else {})
 
     def generate_model_card(self, *, repo_id: str = "", metrics: dict | None = None) -> ModelCard:

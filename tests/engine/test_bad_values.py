@@ -44,6 +44,7 @@ BAD_VALUES = {
     "model.pretrained": "maybe",
     "model.pretrained_path": "/nonexistent/weights.safetensors",
     "model.last_stride": "3",
+    "model.pooling": "max",
     "model.init_from": "/nonexistent/model",
     "model.channels_last": "3",
     "model.compile": "3",
