@@ -63,3 +63,27 @@ def test_ablation_pairs_runs_by_seed_and_reuses_finished_runs(write_config, tmp_
     written = weights.stat().st_mtime_ns
     run_script("ablation.py", *args, "--output-dir", str(out_dir), cwd=tmp_path)
     assert weights.stat().st_mtime_ns == written
+
+
+def test_bench_train_ratio_times_the_camera_proxy_step(write_config, camera_proxy_sections, tmp_path):
+    config = write_config(**camera_proxy_sections)
+    rows = table(
+        run_script("bench_train.py", "--config", str(config), "--parts", "ratio", "--steps", "2", cwd=tmp_path)
+    )
+    assert float(rows["throughput"][-1].split()[0]) > 0
+
+
+def test_ablation_starts_the_adaptive_clustering_run_from_the_source_only_run(
+    write_config, camera_proxy_sections, tmp_path
+):
+    config = write_config(optim={"epochs": 1, "milestones": [1]})
+    clustering = {**camera_proxy_sections, "optim": {"epochs": 1, "milestones": [1]}}
+    (tmp_path / "synthetic_camera_proxy.yaml").write_text(write_config("proxy.yaml", **clustering).read_text())
+    out_dir = tmp_path / "ablation"
+    args = ["--config", str(config), "--seeds", "0", "--variants", "source_only", "camera_proxy_adaptive"]
+    run_script("ablation.py", *args, "--output-dir", str(out_dir), cwd=tmp_path)
+    result = json.loads((out_dir / "ablation.json").read_text())
+    adaptive = next(r for r in result["runs"] if r["variant"] == "camera_proxy_adaptive")
+    assert f"model.init_from={out_dir}/source_only-seed0/model" in adaptive["command"]
+    assert "synthetic_camera_proxy.yaml" in adaptive["command"]
+    assert set(result["parts"]) == {"clustering from the source-only model (vs source only)"}
