@@ -48,7 +48,7 @@ from reid_accel.engine.report import RunRecorder, environment_info
 from reid_accel.engine.state import TrainState, checkpoint_dirs, load_latest_checkpoint, save_checkpoint
 from reid_accel.errors import ConfigError, ReidAccelError
 from reid_accel.layout import BatchLayout
-from reid_accel.methods import METHODS, Method, is_diagnostic
+from reid_accel.methods import METHODS, BuildInputs, Method, is_diagnostic
 from reid_accel.modeling import ReIDEncoder
 from reid_accel.modeling.batchnorm import running_stats_frozen
 from reid_accel.objectives import learning_rate_factor
@@ -226,12 +226,7 @@ def setup(cfg: ExperimentConfig) -> Run:
     test_transform = build_transform(d.height, d.width, mean=encoder.mean, std=encoder.std)
     load_transform = build_transform(d.height, d.width, normalize=False)  # uint8; augmented per batch on device
     parts = method.build(
-        train_splits,
-        layout=layout,
-        encoder=encoder,
-        rank=accelerator.process_index,
-        load_transform=load_transform,
-        test_transform=test_transform,
+        BuildInputs(train_splits, layout, encoder, accelerator.process_index, load_transform, test_transform)
     )
     # The sampler shards by rank itself, so the train loader is not passed through `accelerator.prepare`.
     loader_kwargs = {"num_workers": d.num_workers, "pin_memory": accelerator.device.type == "cuda"}

@@ -1,6 +1,6 @@
 """Training methods the engine drives: one file per method, one line per method in `METHODS`."""
 
-from reid_accel.methods.base import Embed, GroupLoss, Method, MethodParts, is_diagnostic
+from reid_accel.methods.base import BuildInputs, Embed, GroupLoss, Method, MethodParts, is_diagnostic
 from reid_accel.methods.cail import CAIL
 from reid_accel.methods.camera_proxy import CameraProxy
 
@@ -9,4 +9,14 @@ METHODS: dict[str, type[Method]] = {
     "camera_proxy": CameraProxy,
 }
 
-__all__ = ["METHODS", "CAIL", "CameraProxy", "Embed", "GroupLoss", "Method", "MethodParts", "is_diagnostic"]
+__all__ = [
+    "METHODS",
+    "CAIL",
+    "BuildInputs",
+    "CameraProxy",
+    "Embed",
+    "GroupLoss",
+    "Method",
+    "MethodParts",
+    "is_diagnostic",
+]

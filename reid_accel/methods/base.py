@@ -55,6 +55,27 @@ class MethodParts:
     state: nn.Module | None
 
 
+@dataclass(frozen=True)
+class BuildInputs:
+    """What the engine hands `Method.build`.
+
+    Attributes:
+        train_splits: each training domain's train split (`datasets.Dataset`), by the keys of `Method.domains`.
+        layout: the step's arithmetic.
+        encoder: the encoder to train (built after the seed).
+        rank: this process's index.
+        load_transform: PIL image -> uint8 tensor at the training size (augmented per batch on the device).
+        test_transform: PIL image -> normalised tensor, as evaluation embeds.
+    """
+
+    train_splits: dict[str, Any]
+    layout: BatchLayout
+    encoder: ReIDEncoder
+    rank: int
+    load_transform: Callable
+    test_transform: Callable
+
+
 @dataclass
 class GroupLoss:
     """The loss of one BatchNorm group: what to backpropagate, its parts (detached scalars, for the logs) and
@@ -87,26 +108,8 @@ class Method(ABC):
         """Whether each BatchNorm group is [source | target] halves."""
 
     @abstractmethod
-    def build(
-        self,
-        train_splits: dict[str, Any],
-        *,
-        layout: BatchLayout,
-        encoder: ReIDEncoder,
-        rank: int,
-        load_transform: Callable,
-        test_transform: Callable,
-    ) -> MethodParts:
-        """Training set, sampler, network and state, from the train splits of `domains` (same keys).
-
-        Args:
-            train_splits: each training domain's train split (`datasets.Dataset`), by config key.
-            layout: the step's arithmetic.
-            encoder: the encoder to train (built after the seed).
-            rank: this process's index.
-            load_transform: PIL image -> uint8 tensor at the training size (augmented per batch on the device).
-            test_transform: PIL image -> normalised tensor, as evaluation embeds.
-        """
+    def build(self, inputs: BuildInputs) -> MethodParts:
+        """Training set, sampler, network and state, from what the engine has built and loaded."""
 
     @abstractmethod
     def to(self, device: torch.device) -> None:

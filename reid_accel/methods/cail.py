@@ -6,7 +6,7 @@ image, written after the optimizer step from the target features of every group 
 `objective.target_branch: false` (or no target) the method is the supervised source-only baseline.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -15,8 +15,8 @@ from torch import Tensor
 from reid_accel.config import DomainConfig, ExperimentConfig, ObjectiveConfig
 from reid_accel.data import CrossDomainBatchSampler, CrossDomainDataset
 from reid_accel.layout import BatchLayout
-from reid_accel.methods.base import GroupLoss, Method, MethodParts
-from reid_accel.modeling import CrossDomainNetwork, ExemplarMemory, ReIDEncoder
+from reid_accel.methods.base import BuildInputs, GroupLoss, Method, MethodParts
+from reid_accel.modeling import CrossDomainNetwork, ExemplarMemory
 from reid_accel.objectives import (
     NEIGHBOUR_PREFIX,
     CAILObjective,
@@ -71,25 +71,17 @@ class CAIL(Method):
             domains["data.target"] = self.cfg.data.target
         return domains
 
-    def build(
-        self,
-        train_splits: dict[str, Any],
-        *,
-        layout: BatchLayout,
-        encoder: ReIDEncoder,
-        rank: int,
-        load_transform: Callable,
-        test_transform: Callable,
-    ) -> MethodParts:
-        target = train_splits.get("data.target")
+    def build(self, inputs: BuildInputs) -> MethodParts:
+        layout, encoder = inputs.layout, inputs.encoder
+        target = inputs.train_splits.get("data.target")
         dataset = CrossDomainDataset(
-            train_splits["data.source"], target, load_transform, preload=self.cfg.data.preload
+            inputs.train_splits["data.source"], target, inputs.load_transform, preload=self.cfg.data.preload
         )
         sampler = CrossDomainBatchSampler(
             len(dataset.source),
             len(dataset.target) if target is not None else 0,
             layout,
-            rank=rank,
+            rank=inputs.rank,
             seed=self.cfg.train.seed,
         )
         self.layout = layout

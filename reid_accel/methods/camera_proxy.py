@@ -15,7 +15,7 @@ computed once, on the main process, from features identical on every process, an
 Jaccard distances break ties by index and DBSCAN's labels are renumbered canonically, so nothing in it is random.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -33,9 +33,8 @@ from reid_accel.clustering import (
 from reid_accel.config import DomainConfig, ExperimentConfig
 from reid_accel.data import ProxyBatchSampler, ReIDImageDataset
 from reid_accel.errors import ConfigError
-from reid_accel.layout import BatchLayout
-from reid_accel.methods.base import Embed, GroupLoss, Method, MethodParts
-from reid_accel.modeling import FeatureNetwork, ProxyMemory, ReIDEncoder
+from reid_accel.methods.base import BuildInputs, Embed, GroupLoss, Method, MethodParts
+from reid_accel.modeling import FeatureNetwork, ProxyMemory
 from reid_accel.objectives import cluster_contrast_loss, offline_association_loss, online_association_loss
 
 DIAGNOSTIC_PREFIX = "clusters/"  # the epoch's clustering diagnostics, as history.json and the curves name them
@@ -84,35 +83,26 @@ class CameraProxy(Method):
     def domains(self) -> dict[str, DomainConfig]:
         return {"data.target": self.cfg.data.target}
 
-    def build(
-        self,
-        train_splits: dict[str, Any],
-        *,
-        layout: BatchLayout,
-        encoder: ReIDEncoder,
-        rank: int,
-        load_transform: Callable,
-        test_transform: Callable,
-    ) -> MethodParts:
-        split = train_splits["data.target"]
-        dataset = ReIDImageDataset(split, load_transform, preload=self.cfg.data.preload)
-        self.embed_set = ReIDImageDataset(split, test_transform)
+    def build(self, inputs: BuildInputs) -> MethodParts:
+        split = inputs.train_splits["data.target"]
+        dataset = ReIDImageDataset(split, inputs.load_transform, preload=self.cfg.data.preload)
+        self.embed_set = ReIDImageDataset(split, inputs.test_transform)
         self.camids = torch.tensor(dataset.camids, dtype=torch.long)
         self.num_cameras = int(self.camids.max()) + 1
         if self.cfg.train.neighbour_diagnostics:
             self.true_pids = torch.tensor(dataset.pids, dtype=torch.long)
         s = self.settings
         self.sampler = ProxyBatchSampler(
-            layout,
+            inputs.layout,
             images_per_proxy=s.images_per_proxy,
             steps_per_epoch=s.steps_per_epoch,
             camids=self.camids,
             cross_camera=s.cross_camera,
-            rank=rank,
+            rank=inputs.rank,
             seed=self.cfg.train.seed,
         )
-        self.state = ClusteringState(len(dataset), encoder.feature_dim)
-        return MethodParts(dataset, self.sampler, FeatureNetwork(encoder), self.state)
+        self.state = ClusteringState(len(dataset), inputs.encoder.feature_dim)
+        return MethodParts(dataset, self.sampler, FeatureNetwork(inputs.encoder), self.state)
 
     def to(self, device: torch.device) -> None:
         self.device = torch.device(device)
