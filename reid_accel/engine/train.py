@@ -374,7 +374,9 @@ def stop_on_signals(accelerator: Accelerator) -> Iterator[dict]:
 
 def embed(run: Run, dataset: torch.utils.data.Dataset) -> torch.Tensor:
     """(N, D) unit features of `dataset` (test-transformed images) in its row order, identical on every process:
-    each process embeds a shard with the encoder in eval mode, then they are gathered."""
+    each process embeds a shard with the encoder in eval mode, with the main process's BatchNorm statistics (data
+    parallelism leaves each process its own), then they are gathered."""
+    share_main_process_buffers(run.network)
     loader = DataLoader(dataset, batch_size=run.cfg.data.eval_batch_size, num_workers=run.cfg.data.num_workers)
     return extract_embeddings(
         run.encoder, run.accelerator.prepare(loader), run.accelerator, desc="embed train"
