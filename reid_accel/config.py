@@ -156,6 +156,9 @@ class CameraProxyConfig:
     `steps_per_epoch` steps an epoch. `proxies: cluster` is plain cluster contrast (one centroid per cluster,
     cross-entropy over all centroids), its recipe being `eps` 0.6, `k1` 30, `temperature` 0.05, `memory_momentum`
     0.1, `memory_update: hardest` and `cross_camera: true` (each proxy's other images drawn from other cameras).
+    A proxy with fewer than `images_per_proxy` images gives all of them and then repeats some (O2CAP's rule).
+    The method trains on `data.target` alone (`data.source` is not read); `train.neighbour_diagnostics` adds the
+    clusters' purity against the identities the folder carries (never used for training).
     """
 
     proxies: str = "camera"
