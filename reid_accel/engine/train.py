@@ -34,6 +34,7 @@ from torch.profiler import record_function
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from reid_accel.card import TrainingRecord
 from reid_accel.config import DomainConfig, ExperimentConfig, dump_config
 from reid_accel.data import (
     BatchAugmentation,
@@ -52,8 +53,15 @@ from reid_accel.engine.distributed import (
 )
 from reid_accel.engine.evaluate import evaluate_retrieval
 from reid_accel.engine.report import RunRecorder, describe_neighbours, environment_info
-from reid_accel.engine.state import TrainState, checkpoint_dirs, load_latest_checkpoint, save_checkpoint
+from reid_accel.engine.state import (
+    TrainState,
+    encoder_arguments,
+    load_latest_checkpoint,
+    save_checkpoint,
+)
 from reid_accel.errors import ConfigError, ReidAccelError
+from reid_accel.folders import CheckpointFolder, RunFolder
+from reid_accel.hub import save_pretrained
 from reid_accel.layout import BatchLayout
 from reid_accel.modeling import CrossDomainNetwork, ExemplarMemory, ReIDEncoder
 from reid_accel.modeling.batchnorm import running_stats_frozen
@@ -84,9 +92,18 @@ class TrainingInterrupted(RuntimeError):
 
 @dataclass
 class TrainResult:
-    output_dir: Path
+    """What `train` leaves: the run folder (its model folder inside) and the evaluations, oldest first."""
+
+    run: RunFolder
     evaluations: list[dict]
-    model_dir: Path
+
+    @property
+    def output_dir(self) -> Path:
+        return self.run.root
+
+    @property
+    def model_dir(self) -> Path:
+        return self.run.model.root
 
 
 @dataclass
@@ -199,10 +216,10 @@ def build_objective(cfg: ExperimentConfig, *, two_domains: bool) -> CAILObjectiv
 
 def setup(cfg: ExperimentConfig) -> Run:
     """Build the run once: refuse what cannot work first, then data, model, optimizer and the resumed state."""
-    output_dir = Path(cfg.train.output_dir)
-    if cfg.train.resume == "no" and checkpoint_dirs(output_dir):
+    run_folder = RunFolder(Path(cfg.train.output_dir))
+    if cfg.train.resume == "no" and run_folder.checkpoints():
         raise ConfigError(
-            f"{output_dir}: already holds checkpoints; resume with --resume (train.resume=auto) "
+            f"{run_folder.root}: already holds checkpoints; resume with --resume (train.resume=auto) "
             "or choose another --output-dir"
         )
     two_domains = cfg.data.target is not None and cfg.objective.target_branch
@@ -227,13 +244,7 @@ def setup(cfg: ExperimentConfig) -> Run:
     # The encoder before the data: a backbone that cannot be built, or ImageNet weights that cannot be fetched,
     # are reported before minutes of parsing. Each machine's first process fetches the weights into the cache.
     with accelerator.local_main_process_first():
-        encoder = ReIDEncoder(
-            cfg.model.backbone,
-            pretrained=cfg.model.pretrained,
-            pretrained_path=cfg.model.pretrained_path,
-            last_stride=cfg.model.last_stride,
-            input_size=[cfg.data.height, cfg.data.width],
-        )
+        encoder = ReIDEncoder(**encoder_arguments(cfg))
     source = load_domain(cfg.data.source, accelerator)
     target = load_domain(cfg.data.target, accelerator) if two_domains else None
     evaluation = load_domain(cfg.eval_domain, accelerator)
@@ -280,8 +291,8 @@ def setup(cfg: ExperimentConfig) -> Run:
     )
     if memory is not None:
         memory.to(accelerator.device)
-    logger.info(layout.describe(sampler.steps_per_epoch(2)))
-    state = load_latest_checkpoint(accelerator, memory, output_dir) if cfg.train.resume == "auto" else TrainState()
+    logger.info(layout.describe(sampler.steady_steps_per_epoch))
+    state = load_latest_checkpoint(accelerator, memory, run_folder) if cfg.train.resume == "auto" else TrainState()
     return Run(
         cfg=cfg,
         accelerator=accelerator,
@@ -475,14 +486,14 @@ def train_epoch(run: Run) -> tuple[LossMeter, bool]:
         total=steps,
         disable=not accelerator.is_local_main_process,
     ) as progress:
-        for batch in run.train_loader:
-            components = train_step(run, batch, epoch=epoch, step=state.step_in_epoch)
+        for step, batch in enumerate(run.train_loader, start=state.step_in_epoch):
+            components = train_step(run, batch, epoch=epoch, step=step)
+            state.count_step()
             epoch_losses.add(components)
             recent.add(components)
-            state.advance(steps)
             progress.update()
             done += 1
-            if state.global_step % cfg.train.log_interval == 0 or state.epoch > epoch or run.finished:
+            if state.global_step % cfg.train.log_interval == 0 or state.step_in_epoch == steps or run.finished:
                 losses = recent.mean(accelerator, f"before global step {state.global_step}")  # syncs with the host
                 progress.set_postfix(loss=f"{losses['total']:.3f}", refresh=False)
                 accelerator.log({f"train/{k}": v for k, v in losses.items()}, step=state.global_step)
@@ -493,7 +504,9 @@ def train_epoch(run: Run) -> tuple[LossMeter, bool]:
     return epoch_losses, interrupted
 
 
-def end_epoch(run: Run, recorder: RunRecorder, epoch: int, losses: LossMeter, config_yaml: str) -> Path | None:
+def end_epoch(
+    run: Run, recorder: RunRecorder, epoch: int, losses: LossMeter, config_yaml: str
+) -> CheckpointFolder | None:
     """Record the epoch's losses, then evaluate and save a checkpoint when due (always after the last step).
 
     Returns:
@@ -535,21 +548,21 @@ def end_epoch(run: Run, recorder: RunRecorder, epoch: int, losses: LossMeter, co
 
 
 def train(cfg: ExperimentConfig) -> TrainResult:
-    """Train on `cfg`, evaluating on the target every `eval_interval` epochs, and export the encoder.
+    """Train on `cfg`, evaluating on the target every `eval_interval` epochs, and export the encoder with its card.
 
     Returns:
-        The output folder, the list of evaluations and the exported model folder.
+        The run folder and the list of evaluations.
     """
     run = setup(cfg)
     accelerator, state = run.accelerator, run.state
-    output_dir, config_yaml = Path(cfg.train.output_dir), dump_config(cfg)
+    folder, config_yaml = RunFolder(Path(cfg.train.output_dir)), dump_config(cfg)
     run_info = {
         **run.layout.record(),
-        "steps_per_epoch": run.sampler.steps_per_epoch(2),
+        "steps_per_epoch": run.sampler.steady_steps_per_epoch,
         "mixed_precision": accelerator.mixed_precision,
         **environment_info(),
     }
-    recorder = RunRecorder(output_dir, config=cfg.to_dict(), run_info=run_info)
+    recorder = RunRecorder(folder, config=cfg.to_dict(), run_info=run_info)
     if accelerator.is_main_process:
         recorder.start(resumed=state.global_step > 0, config_yaml=config_yaml)
     accelerator.init_trackers("reid-accel", config=recorder.flat_config())
@@ -559,15 +572,19 @@ def train(cfg: ExperimentConfig) -> TrainResult:
             while not run.finished:
                 epoch, saved = state.epoch, None
                 losses, interrupted = train_epoch(run)
-                if state.epoch > epoch or run.finished:
+                epoch_done = state.step_in_epoch == run.sampler.steps_per_epoch(epoch)
+                if epoch_done:
+                    state.next_epoch()
+                if epoch_done or run.finished:
                     saved = end_epoch(run, recorder, epoch, losses, config_yaml)
                 if interrupted:
-                    path = saved or save_checkpoint(accelerator, state, run.memory, config_yaml)
-                    raise TrainingInterrupted(received.get("signum", signal.SIGTERM), path)
+                    checkpoint = saved or save_checkpoint(accelerator, state, run.memory, config_yaml)
+                    raise TrainingInterrupted(received.get("signum", signal.SIGTERM), checkpoint.root)
             if accelerator.is_main_process:
-                run.encoder.save_pretrained(output_dir / "model")
+                training = TrainingRecord(cfg, tuple(recorder.evaluations), run_info)
+                save_pretrained(run.encoder, folder.model.root, training=training)
                 recorder.finish()
             accelerator.wait_for_everyone()
     finally:
         accelerator.end_training()
-    return TrainResult(output_dir, recorder.evaluations, output_dir / "model")
+    return TrainResult(folder, recorder.evaluations)
