@@ -13,8 +13,8 @@ Each sub-command is a parser built by an `_add_*` function and a handler `(args)
 `handler` default; handlers import what they need, so `--help` answers without loading torch. Input mistakes
 (`ReidAccelError`, or an `OSError` about a path the user gave) become one line `reid-accel: error: <message>` on
 stderr and exit status 2, never a traceback; argparse's own errors also exit with 2. Anything else is a bug and
-keeps its traceback. Logging is configured
-here, at INFO with a plain format, and nowhere in the library.
+keeps its traceback. The command configures logging, at INFO with a plain format; the library only adds the
+run's `train.log` handler (and raises the package logger to INFO) while a run records.
 """
 
 import argparse
@@ -146,6 +146,9 @@ def _add_data_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    wait_policy = _choose_openmp_wait_policy()  # before torch is imported
+    if wait_policy is not None:
+        logger.info("OpenMP: %s", wait_policy)
     import signal
 
     from reid_accel.config import load_config
@@ -170,9 +173,6 @@ def _train(args: argparse.Namespace) -> int:
         return 1
     if not _is_main_process():
         return 0
-    from reid_accel.hub import write_model_card
-
-    write_model_card(result.model_dir, metrics_path=result.output_dir / "metrics.json")
     if result.evaluations:
         last = result.evaluations[-1]
         print(f"{'epoch':>5} {'mAP':>6} {'rank-1':>7} {'rank-5':>7} {'rank-10':>8}   ({cfg.eval_domain.name})")
@@ -204,7 +204,7 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
 def _eval(args: argparse.Namespace) -> int:
     from reid_accel.config import DomainConfig
     from reid_accel.engine.evaluate import evaluate_model
-    from reid_accel.hub import load_encoder
+    from reid_accel.engine.state import load_encoder
 
     options = {"subset": args.subset} if args.subset is not None else {}
     encoder = load_encoder(args.model)
@@ -244,9 +244,9 @@ def _add_eval_command(commands: argparse._SubParsersAction) -> None:
 
 
 def _push(args: argparse.Namespace) -> int:
-    from reid_accel.hub import push_model
+    from reid_accel.hub import push_to_hub
 
-    url = push_model(args.path, repo_id=args.repo_id, private=args.private, revision=args.revision)
+    url = push_to_hub(args.path, repo_id=args.repo_id, private=args.private, revision=args.revision)
     print(url)
     return 0
 
@@ -270,9 +270,9 @@ def _batch_size_or_dynamic(text: str) -> int | None:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from reid_accel.engine.state import load_encoder
     from reid_accel.errors import ExportError
     from reid_accel.export import dataset_images, export_encoder, validate_export
-    from reid_accel.hub import load_encoder
 
     if (args.dataset is None) != (args.root is None):
         raise ExportError("--dataset and --root go together (real images to check the exported model on)")
@@ -320,7 +320,7 @@ def _add_export_command(commands: argparse._SubParsersAction) -> None:
 def _embed(args: argparse.Namespace) -> int:
     import torch
 
-    from reid_accel.hub import load_encoder
+    from reid_accel.engine.state import load_encoder
     from reid_accel.inference import embed_images, list_images, save_embeddings
 
     files = list_images(args.folder)
@@ -418,7 +418,6 @@ def main(argv: list[str] | None = None) -> int:
     Args:
         argv: the arguments after the program name; default `sys.argv[1:]`.
     """
-    wait_policy = _choose_openmp_wait_policy()
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)
@@ -430,8 +429,6 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:  # argparse exits 2 on bad arguments, 0 after --help
         return exit_.code if isinstance(exit_.code, int) else 0
     logging.basicConfig(level=logging.INFO if _is_main_process() else logging.WARNING, format=LOG_FORMAT)
-    if wait_policy is not None:
-        logger.info("OpenMP: %s", wait_policy)
     try:
         return args.handler(args)
     except ReidAccelError as err:

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from reid_accel.fileio import write_json_atomic
+from reid_accel.folders import RunFolder
 
 # name -> (what the row means, overrides of the config, which is the full method; `{runs}` is the output folder and
 # `{seed}` the seed)
@@ -71,14 +72,14 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 def train(config: str, name: str, seed: int, output_dir: Path, threads: int) -> dict:
-    folder = output_dir / f"{name}-seed{seed}"
+    folder = RunFolder(output_dir / f"{name}-seed{seed}")
     config = str(Path(config).parent / CONFIGS[name]) if name in CONFIGS else config
     overrides = [o.format(runs=output_dir, seed=seed) for o in VARIANTS[name][1]]
-    command = [sys.executable, "-m", "reid_accel.cli", "train", config, "--output-dir", str(folder)]
+    command = [sys.executable, "-m", "reid_accel.cli", "train", config, "--output-dir", str(folder.root)]
     command += [f"train.seed={seed}", "train.log_with=none", *overrides]
-    metrics = folder / "metrics.json"
+    metrics = folder.metrics
     done = json.loads(metrics.read_text())["evaluations"] if metrics.is_file() else []
-    if not (folder / "model" / "model.safetensors").is_file():
+    if not folder.model.weights.is_file():
         run = subprocess.run(
             command, env={**os.environ, "OMP_NUM_THREADS": str(threads)}, capture_output=True, text=True
         )

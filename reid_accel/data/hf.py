@@ -11,7 +11,8 @@ image names, and the names, sizes and modification times of the other files such
 parsed again; an unchanged one is memory-mapped from the cache. A cache entry is written to a hidden sibling
 folder and renamed into place, so processes starting together never read a half-written entry (the training
 engine additionally builds it on the main process first). Entries of superseded listings are not deleted: a
-cache folder can be removed at any time. This is the only module that imports `datasets`.
+cache folder can be removed at any time. This is the only module of the data layer that imports `datasets`
+(the other is the shipped `evaluate` metric module, `metrics/reid_ranking`).
 """
 
 import hashlib

@@ -46,6 +46,11 @@ class _EpochSampler(Sampler[list[int]]):
     def steps_per_epoch(self, epoch: int) -> int:
         raise NotImplementedError
 
+    @property
+    def steady_steps_per_epoch(self) -> int:
+        """Steps of every epoch after the first: the figure a run reports (the first epoch may take one more)."""
+        return self.steps_per_epoch(2)
+
     def set_epoch(self, epoch: int, *, start_step: int = 0) -> None:
         """Select the (1-based) epoch to iterate, starting after `start_step` steps already done (resume)."""
         if epoch < 1:

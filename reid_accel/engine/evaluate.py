@@ -19,6 +19,7 @@ from reid_accel.config import DomainConfig
 from reid_accel.data import ReIDImageDataset, build_transform, load_benchmark
 from reid_accel.data.benchmarks import check_domain
 from reid_accel.fileio import atomic_path, write_json_atomic
+from reid_accel.folders import EvaluationFolder
 from reid_accel.metrics import rank_metrics, rank_metrics_from_distance, rerank_distance, top_k_gallery
 from reid_accel.metrics.visualize import plot_cmc, plot_rank_list
 
@@ -136,13 +137,13 @@ def evaluate_model(
     settings = {"dataset": dataset.name, "root": str(dataset.resolved_root()), "model": model_reference}
     settings |= {"flip": flip, "rerank": rerank}  # the AP convention comes with the metrics
     if output_dir is not None and accelerator.is_main_process:
-        write_evaluation(Path(output_dir), metrics, settings, query, gallery, query_set, gallery_set)
+        write_evaluation(EvaluationFolder(Path(output_dir)), metrics, settings, query, gallery, query_set, gallery_set)
     accelerator.wait_for_everyone()
     return {**metrics, **settings}
 
 
 def write_evaluation(
-    output_dir: Path,
+    folder: EvaluationFolder,
     metrics: dict,
     settings: dict,
     query: Embeddings,
@@ -152,9 +153,9 @@ def write_evaluation(
 ) -> None:
     """Write the evaluation's files atomically; pictures only when matplotlib is installed."""
     paths = {"query": query_set.paths, "gallery": gallery_set.paths}
-    output_dir.mkdir(parents=True, exist_ok=True)
+    folder.root.mkdir(parents=True, exist_ok=True)
     summary = {k: v.tolist() if hasattr(v, "tolist") else v for k, v in metrics.items()}
-    write_json_atomic(output_dir / "metrics.json", {**summary, **settings})
+    write_json_atomic(folder.metrics, {**summary, **settings})
     tensors = {
         "query_features": query.features.contiguous(),
         "query_pids": query.pids.contiguous(),
@@ -163,10 +164,10 @@ def write_evaluation(
         "gallery_pids": gallery.pids.contiguous(),
         "gallery_camids": gallery.camids.contiguous(),
     }
-    with atomic_path(output_dir / "features.safetensors") as tmp:
+    with atomic_path(folder.features) as tmp:
         save_file(tensors, tmp, metadata={f"{split}_paths": json.dumps(p) for split, p in paths.items()})
     try:
-        plot_cmc(metrics["cmc"], output_dir / "cmc.png", title=f"CMC on {settings['dataset']}")
+        plot_cmc(metrics["cmc"], folder.cmc, title=f"CMC on {settings['dataset']}")
         shown = list(range(min(4, len(query.features))))
         ranked, matches = top_k_gallery(
             query.features,
@@ -184,7 +185,7 @@ def write_evaluation(
             matches,
             [int(query.camids[i]) for i in shown],
             gallery.camids.tolist(),
-            output_dir / "rank_list.png",
+            folder.rank_list,
             num_queries=len(shown),
         )
     except ImportError:

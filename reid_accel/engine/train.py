@@ -34,6 +34,7 @@ from torch.profiler import record_function
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from reid_accel.card import TrainingRecord
 from reid_accel.config import DomainConfig, ExperimentConfig, dump_config
 from reid_accel.data import BatchAugmentation, ReIDImageDataset, build_transform, load_benchmark
 from reid_accel.data.benchmarks import check_domain
@@ -45,8 +46,10 @@ from reid_accel.engine.distributed import (
 )
 from reid_accel.engine.evaluate import evaluate_retrieval, extract_embeddings
 from reid_accel.engine.report import RunRecorder, environment_info
-from reid_accel.engine.state import TrainState, checkpoint_dirs, load_latest_checkpoint, save_checkpoint
+from reid_accel.engine.state import TrainState, encoder_arguments, load_latest_checkpoint, save_checkpoint
 from reid_accel.errors import ConfigError, ReidAccelError
+from reid_accel.folders import CheckpointFolder, RunFolder
+from reid_accel.hub import from_pretrained, save_pretrained
 from reid_accel.layout import BatchLayout
 from reid_accel.methods import METHODS, BuildInputs, Method, is_diagnostic
 from reid_accel.modeling import ReIDEncoder
@@ -71,9 +74,18 @@ class TrainingInterrupted(RuntimeError):
 
 @dataclass
 class TrainResult:
-    output_dir: Path
+    """What `train` leaves: the run folder (its model folder inside) and the evaluations, oldest first."""
+
+    run: RunFolder
     evaluations: list[dict]
-    model_dir: Path
+
+    @property
+    def output_dir(self) -> Path:
+        return self.run.root
+
+    @property
+    def model_dir(self) -> Path:
+        return self.run.model.root
 
 
 @dataclass
@@ -171,25 +183,18 @@ def build_encoder(cfg: ExperimentConfig) -> ReIDEncoder:
     """The encoder to train: a saved reid-accel model (`model.init_from`, loaded strictly) or a timm backbone."""
     if cfg.model.init_from is not None:
         try:
-            return ReIDEncoder.from_pretrained(cfg.model.init_from).train()
+            return from_pretrained(cfg.model.init_from).train()
         except ReidAccelError as err:
             raise ConfigError(f"model.init_from: {cfg.model.init_from!r} is not a reid-accel model ({err})") from None
-    return ReIDEncoder(
-        cfg.model.backbone,
-        pretrained=cfg.model.pretrained,
-        pretrained_path=cfg.model.pretrained_path,
-        last_stride=cfg.model.last_stride,
-        input_size=[cfg.data.height, cfg.data.width],
-        pooling=cfg.model.pooling,
-    )
+    return ReIDEncoder(**encoder_arguments(cfg))
 
 
 def setup(cfg: ExperimentConfig) -> Run:
     """Build the run once: refuse what cannot work first, then data, model, optimizer and the resumed state."""
-    output_dir = Path(cfg.train.output_dir)
-    if cfg.train.resume == "no" and checkpoint_dirs(output_dir):
+    run_folder = RunFolder(Path(cfg.train.output_dir))
+    if cfg.train.resume == "no" and run_folder.checkpoints():
         raise ConfigError(
-            f"{output_dir}: already holds checkpoints; resume with --resume (train.resume=auto) "
+            f"{run_folder.root}: already holds checkpoints; resume with --resume (train.resume=auto) "
             "or choose another --output-dir"
         )
     method = METHODS[cfg.method.name](cfg)
@@ -246,9 +251,9 @@ def setup(cfg: ExperimentConfig) -> Run:
         network, optimizer, query_loader, gallery_loader
     )
     method.to(accelerator.device)
-    logger.info(layout.describe(parts.sampler.steps_per_epoch(2)))
+    logger.info(layout.describe(parts.sampler.steady_steps_per_epoch))
     resume = cfg.train.resume == "auto"
-    state = load_latest_checkpoint(accelerator, parts.state, output_dir) if resume else TrainState()
+    state = load_latest_checkpoint(accelerator, parts.state, run_folder) if resume else TrainState()
     return Run(
         cfg=cfg,
         accelerator=accelerator,
@@ -413,14 +418,14 @@ def train_epoch(run: Run) -> tuple[LossMeter, dict[str, float], bool]:
         total=steps,
         disable=not accelerator.is_local_main_process,
     ) as progress:
-        for batch in run.train_loader:
-            components = train_step(run, batch, epoch=epoch, step=state.step_in_epoch)
+        for step, batch in enumerate(run.train_loader, start=state.step_in_epoch):
+            components = train_step(run, batch, epoch=epoch, step=step)
+            state.count_step()
             epoch_losses.add(components)
             recent.add(components)
-            state.advance(steps)
             progress.update()
             done += 1
-            if state.global_step % cfg.train.log_interval == 0 or state.epoch > epoch or run.finished:
+            if state.global_step % cfg.train.log_interval == 0 or state.step_in_epoch == steps or run.finished:
                 losses = recent.mean(accelerator, f"before global step {state.global_step}")  # syncs with the host
                 progress.set_postfix(loss=f"{losses['total']:.3f}", refresh=False)
                 accelerator.log({f"train/{k}": v for k, v in losses.items()}, step=state.global_step)
@@ -433,7 +438,7 @@ def train_epoch(run: Run) -> tuple[LossMeter, dict[str, float], bool]:
 
 def end_epoch(
     run: Run, recorder: RunRecorder, epoch: int, losses: LossMeter, diagnostics: dict[str, float], config_yaml: str
-) -> Path | None:
+) -> CheckpointFolder | None:
     """Record the epoch's losses and diagnostics, then evaluate and save a checkpoint when due (always after the
     last step).
 
@@ -476,21 +481,21 @@ def end_epoch(
 
 
 def train(cfg: ExperimentConfig) -> TrainResult:
-    """Train on `cfg`, evaluating on the target every `eval_interval` epochs, and export the encoder.
+    """Train on `cfg`, evaluating on the target every `eval_interval` epochs, and export the encoder with its card.
 
     Returns:
-        The output folder, the list of evaluations and the exported model folder.
+        The run folder and the list of evaluations.
     """
     run = setup(cfg)
     accelerator, state = run.accelerator, run.state
-    output_dir, config_yaml = Path(cfg.train.output_dir), dump_config(cfg)
+    folder, config_yaml = RunFolder(Path(cfg.train.output_dir)), dump_config(cfg)
     run_info = {
         **run.layout.record(),
-        "steps_per_epoch": run.sampler.steps_per_epoch(2),
+        "steps_per_epoch": run.sampler.steady_steps_per_epoch,
         "mixed_precision": accelerator.mixed_precision,
         **environment_info(),
     }
-    recorder = RunRecorder(output_dir, config=cfg.to_dict(), run_info=run_info)
+    recorder = RunRecorder(folder, config=cfg.to_dict(), run_info=run_info)
     if accelerator.is_main_process:
         recorder.start(resumed=state.global_step > 0, config_yaml=config_yaml)
     accelerator.init_trackers("reid-accel", config=recorder.flat_config())
@@ -500,15 +505,19 @@ def train(cfg: ExperimentConfig) -> TrainResult:
             while not run.finished:
                 epoch, saved = state.epoch, None
                 losses, diagnostics, interrupted = train_epoch(run)
-                if state.epoch > epoch or run.finished:
+                epoch_done = state.step_in_epoch == run.sampler.steps_per_epoch(epoch)
+                if epoch_done:
+                    state.next_epoch()
+                if epoch_done or run.finished:
                     saved = end_epoch(run, recorder, epoch, losses, diagnostics, config_yaml)
                 if interrupted:
-                    path = saved or save_checkpoint(accelerator, state, run.state_module, config_yaml)
-                    raise TrainingInterrupted(received.get("signum", signal.SIGTERM), path)
+                    checkpoint = saved or save_checkpoint(accelerator, state, run.state_module, config_yaml)
+                    raise TrainingInterrupted(received.get("signum", signal.SIGTERM), checkpoint.root)
             if accelerator.is_main_process:
-                run.encoder.save_pretrained(output_dir / "model")
+                training = TrainingRecord(cfg, tuple(recorder.evaluations), run_info)
+                save_pretrained(run.encoder, folder.model.root, training=training)
                 recorder.finish()
             accelerator.wait_for_everyone()
     finally:
         accelerator.end_training()
-    return TrainResult(output_dir, recorder.evaluations, output_dir / "model")
+    return TrainResult(folder, recorder.evaluations)

@@ -42,8 +42,8 @@ class MethodParts:
 
     Attributes:
         dataset: the training set; its items are dicts with at least `pixel_values` (uint8 at the training size).
-        sampler: a rank-aware batch sampler with `set_epoch(epoch, start_step=)` and `steps_per_epoch(epoch)`
-            (the engine does not pass the train loader through `accelerator.prepare`).
+        sampler: a rank-aware batch sampler with `set_epoch(epoch, start_step=)`, `steps_per_epoch(epoch)` and
+            `steady_steps_per_epoch` (the engine does not pass the train loader through `accelerator.prepare`).
         network: the module the engine trains; it holds the encoder as `network.encoder`.
         state: a module whose buffers are the method's state, saved with every checkpoint and restored on
             resume (None: the method keeps no state).

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from reid_accel.errors import ReidAccelError
-from reid_accel.metrics.ranking import ArrayLike, _features, _product_rows, _resolve_device, _unit_rows
+from reid_accel.metrics.ranking import ArrayLike, as_features, product_rows, resolve_device, unit_rows
 
 logger = logging.getLogger(__name__)
 
@@ -67,17 +67,17 @@ def rerank_distance(
         (Q, G) distances: a numpy array for numpy input, else a tensor on ``device``; float64 for float64 input,
         float32 otherwise.
     """
-    query = _features(query_features, "query_features")
-    gallery = _features(gallery_features, "gallery_features")
+    query = as_features(query_features, "query_features")
+    gallery = as_features(gallery_features, "gallery_features")
     if query.shape[1] != gallery.shape[1]:
         raise ReidAccelError(
             f"query_features has dimension {query.shape[1]} but gallery_features has {gallery.shape[1]}; expected equal"
         )
-    target = _resolve_device(device, query_features)
+    target = resolve_device(device, query_features)
     dtype = torch.promote_types(query.dtype, gallery.dtype)
     features = torch.cat([query.to(target, dtype), gallery.to(target, dtype)])  # (N, D), our own copy
     # in place: at MSMT17 scale a second copy of the features is 0.77 GB
-    features = _unit_rows(features, "query_features or gallery_features", in_place=True)
+    features = unit_rows(features, "query_features or gallery_features", in_place=True)
     num_query = len(query)
     distance = torch.empty((num_query, len(gallery)), dtype=dtype, device=target)  # the result, filled in place
     encoding = _encode(features, k1=k1, k2=k2, chunk_size=chunk_size, query_gallery=distance)
@@ -102,7 +102,7 @@ def k_reciprocal_encoding(
     Returns:
         (N, N) coalesced sparse COO tensor; each row sums to 1.
     """
-    tensor = _unit_rows(_features(features, "features"), "features")
+    tensor = unit_rows(as_features(features, "features"), "features")
     return _encode(tensor, k1=k1, k2=k2, chunk_size=chunk_size, query_gallery=None)
 
 
@@ -138,7 +138,7 @@ def jaccard_graph(features: ArrayLike, *, k1: int = 20, k2: int = 6, chunk_size:
     Returns:
         (N, N) coalesced sparse COO tensor of distances in [0, 1), float64 for float64 input, else float32.
     """
-    tensor = _unit_rows(_features(features, "features"), "features")
+    tensor = unit_rows(as_features(features, "features"), "features")
     encoding = _encode(tensor, k1=k1, k2=k2, chunk_size=chunk_size, query_gallery=None, clustering=True)
     items = torch.arange(len(tensor), device=tensor.device)
     rows, cols, values = [], [], []
@@ -292,7 +292,7 @@ def _nearest(
         (N, num_near) int64 indices nearest first, (N, num_near) their distances, (N,) row scales.
     """
     num_items = len(features)
-    chunk_size = _product_rows(chunk_size, num_items, num_items, features.device)
+    chunk_size = product_rows(chunk_size, num_items, num_items, features.device)
     num_query = 0 if query_gallery is None else len(query_gallery)
     ranked = torch.empty((num_items, num_near), dtype=torch.int64, device=features.device)
     near_distance = torch.empty((num_items, num_near), dtype=features.dtype, device=features.device)

@@ -1,8 +1,7 @@
-"""The re-ID encoder (the shared model) and its card, IBN-Net backbones, GeM pooling, the training network and
-the memories.
+"""The re-ID encoder (the shared model), IBN-Net backbones, GeM pooling, the training network and the memories.
 
 Importing this package registers the IBN-Net models with timm (`ibn.py`), so `timm.create_model("resnet50_ibn_a")`
-and `ReIDEncoder.from_pretrained` of a saved IBN model work in any process that imports reid_accel.modeling.
+and `reid_accel.hub.from_pretrained` of a saved IBN model work in any process that imports reid_accel.modeling.
 """
 
 from reid_accel.modeling.encoder import BNNeck, ReIDEncoder, set_last_stride_one

@@ -43,7 +43,7 @@ class ExemplarMemory(nn.Module):
     Rows start as N(0, 0.001^2) noise and become unit vectors once written. `update` runs after the backward pass,
     so a step's losses always see the memory as it was before the step. Under torch.distributed every process
     gathers all processes' features and slots first, so all copies stay identical. Both tensors are buffers:
-    `state_dict` / `load_state_dict` (and `accelerator.register_for_checkpointing`) carry them.
+    `state_dict` / `load_state_dict` carry them, which is how a checkpoint saves and restores the memory.
 
     Args:
         num_slots: number of target training images N.

@@ -16,9 +16,9 @@ UPDATE_MODES: tuple[str, ...] = ("sequential", "hardest")
 class ProxyMemory(nn.Module):
     """M x D bank of unit rows, M changing every epoch (the number of proxies the clustering gave).
 
-    `features` is a buffer, so `state_dict` and `accelerator.register_for_checkpointing` carry it; loading a state
-    dict resizes it to the saved number of proxies, so a resumed run restores the epoch's proxies as saved rather
-    than recomputing them from features that have drifted since.
+    `features` is a buffer, so `state_dict` / `load_state_dict` carry it, which is how a checkpoint saves and
+    restores the memory; loading resizes it to the saved number of proxies, so a resumed run restores the epoch's
+    proxies as saved rather than recomputing them from features that have drifted since.
 
     Args:
         num_proxies: initial M (0 until the first `reset`).

@@ -9,13 +9,13 @@ from safetensors.torch import load_file
 
 from reid_accel.cli import main
 from reid_accel.config import load_config
-from reid_accel.engine.state import checkpoint_dirs
 from reid_accel.engine.train import train
+from reid_accel.folders import RunFolder
 
 
 def _checkpoint(run_dir):
-    latest = checkpoint_dirs(run_dir)[-1]
-    return load_file(latest / "model.safetensors"), load_file(latest / "memory.safetensors")
+    latest = RunFolder(run_dir).checkpoints()[-1]
+    return load_file(latest.weights), load_file(latest.memory)
 
 
 def test_every_epoch_clusters_and_records_its_diagnostics(straight_proxy_run):
@@ -41,7 +41,7 @@ def test_a_run_resumed_mid_epoch_keeps_its_pseudo_labels_and_memory_exactly(
     split = f"train.output_dir={tmp_path / 'split'}"
     config = write_config(**camera_proxy_sections)
     train(load_config(config, [split, "train.max_steps=4"]))  # stops after step 1 of epoch 2
-    saved = json.loads((checkpoint_dirs(tmp_path / "split")[-1] / "train_state.json").read_text())
+    saved = json.loads(RunFolder(tmp_path / "split").checkpoints()[-1].state.read_text())
     assert (saved["epoch"], saved["step_in_epoch"]) == (2, 1)
     train(load_config(config, [split, "train.resume=auto"]))
     (expected, expected_state), (resumed, resumed_state) = (
