@@ -16,11 +16,13 @@ import torch
 
 from reid_accel.fileio import atomic_path, write_json_atomic, write_text_atomic
 from reid_accel.folders import RunFolder
+from reid_accel.methods.camera_proxy import DIAGNOSTIC_PREFIX as CLUSTER_PREFIX
 from reid_accel.objectives import NEIGHBOUR_PREFIX
 
 logger = logging.getLogger(__name__)
 
 METRIC_KEYS = ("mAP", "rank1", "rank5", "rank10")
+CLUSTER_SHARES = ("fraction", "purity", "rand_index")  # those of them that are shares in [0, 1]
 PACKAGES = ("reid-accel", "torch", "torchvision", "timm", "accelerate", "datasets", "huggingface_hub", "safetensors")
 
 
@@ -115,32 +117,18 @@ class RunRecorder:
             self._log_handler.close()
 
 
-def describe_neighbours(averages: dict[str, float]) -> str | None:
-    """One log line of the epoch's neighbour diagnostics (None when there are none), e.g.
-    `intra: precision 0.62, recall 0.35, 2.1 per row, 8 % of rows without; inter: ...`."""
-    groups = dict.fromkeys(
-        k[len(NEIGHBOUR_PREFIX) :].split("_")[0] for k in averages if k.startswith(NEIGHBOUR_PREFIX)
-    )
-    parts = []
-    for group in groups:
-        value = {k.split("_", 1)[1]: v for k, v in averages.items() if k.startswith(f"{NEIGHBOUR_PREFIX}{group}_")}
-        parts.append(
-            f"{group}: precision {value['precision']:.2f}, recall {value['recall']:.2f}, "
-            f"{value['neighbours']:.1f} per row, {100 * value['empty']:.0f} % of rows without"
-        )
-    return "; ".join(parts) or None
-
-
 def plot_training_curves(history: list[dict[str, Any]], evaluations: list[dict[str, Any]], path: str | Path) -> None:
-    """Loss components per epoch; the neighbour sets' precision, recall and empty share (when recorded); and
-    target mAP and rank-1 per evaluated epoch."""
+    """Loss components per epoch; the neighbour sets' precision, recall and empty share, or the clustering's
+    shares (un-clustered, multi-camera clusters, purity, adjusted Rand), when recorded; and target mAP and rank-1
+    per evaluated epoch. Records named `<group>/<measure>` are diagnostics, the others losses."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     keys = list(dict.fromkeys(k for h in history for k in h))  # every key, in order of first appearance
-    losses = [k for k in keys if k not in ("epoch", "source_accuracy") and not k.startswith(NEIGHBOUR_PREFIX)]
+    losses = [k for k in keys if k not in ("epoch", "source_accuracy") and "/" not in k]
     shares = [k for k in keys if k.startswith(NEIGHBOUR_PREFIX) and not k.endswith("_neighbours")]
+    shares += [k for k in keys if k.startswith(CLUSTER_PREFIX) and k.endswith(CLUSTER_SHARES)]
     fig = Figure(figsize=(16 if shares else 11, 4), constrained_layout=True)  # no pyplot: no global backend switch
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 3 if shares else 2)
@@ -160,11 +148,15 @@ def plot_training_curves(history: list[dict[str, Any]], evaluations: list[dict[s
         styles = {"precision": "-", "recall": "--", "empty": ":"}
         colours = {}
         for key in shares:
+            if key.startswith(CLUSTER_PREFIX):
+                curve(ax_nb, key, label=key[len(CLUSTER_PREFIX) :].replace("_", " "))
+                continue
             group, measure = key[len(NEIGHBOUR_PREFIX) :].split("_", 1)
             colour = colours.setdefault(group, f"C{len(colours)}")
             label = f"{group} {'rows without' if measure == 'empty' else measure}"
             curve(ax_nb, key, label=label, ls=styles[measure], color=colour)
-        ax_nb.set(title="target neighbour sets (true identities)", xlabel="epoch", ylabel="share", ylim=(0, 1))
+        what = "clusters" if shares[0].startswith(CLUSTER_PREFIX) else "neighbour sets"
+        ax_nb.set(title=f"target {what} (true identities)", xlabel="epoch", ylabel="share", ylim=(0, 1))
         ax_nb.legend(fontsize=8)
     eval_epochs = [e["epoch"] for e in evaluations]
     for key, label in (("mAP", "mAP"), ("rank1", "rank-1")):

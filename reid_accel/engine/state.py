@@ -147,6 +147,7 @@ def encoder_arguments(cfg: ExperimentConfig) -> dict[str, Any]:
         "pretrained_path": cfg.model.pretrained_path,
         "last_stride": cfg.model.last_stride,
         "input_size": [cfg.data.height, cfg.data.width],
+        "pooling": cfg.model.pooling,
     }
 
 

@@ -20,6 +20,7 @@ import timm
 import torch.nn.functional as F
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 from timm.data import resolve_model_data_config
+from timm.layers import SelectAdaptivePool2d
 from timm.models import get_pretrained_cfg, is_model_in_modules
 from timm.models.resnet import BasicBlock, Bottleneck
 from torch import Tensor, nn
@@ -27,6 +28,7 @@ from torch import Tensor, nn
 from reid_accel.errors import ConfigError, ModelLoadError, first_line
 from reid_accel.modeling import ibn
 from reid_accel.modeling.batchnorm import running_stats_frozen
+from reid_accel.modeling.pooling import GeM
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +143,20 @@ def _create_backbone(
     return model
 
 
+POOLINGS = ("avg", "gem")
+
+
+def use_gem_pooling(backbone: nn.Module, name: str) -> None:
+    """Replace a timm CNN's global average pool by GeM (trainable p from 3), as cluster contrast pools its maps.
+
+    timm's CNNs pool in `global_pool` (a `SelectAdaptivePool2d` giving (B, C)) inside their own `forward_head`,
+    so swapping that module keeps every other step of the head (dropout, head norm) as it was.
+    """
+    if not isinstance(getattr(backbone, "global_pool", None), SelectAdaptivePool2d):
+        raise ConfigError(f"model.pooling=gem: {name!r} does not pool a CNN feature map (use model.pooling=avg)")
+    backbone.global_pool = GeM()
+
+
 class ReIDEncoder(nn.Module):
     """Person re-ID feature extractor: timm backbone -> the backbone's pooling (pre-logits) -> BNNeck.
 
@@ -161,6 +177,7 @@ class ReIDEncoder(nn.Module):
             backbones built for one input size (ViT, Swin).
         mean: per-channel input mean; defaults to the backbone's pretrained config.
         std: per-channel input std; defaults to the backbone's pretrained config.
+        pooling: "avg" (the backbone's own pooling) or "gem" (generalised mean, CNN backbones only).
         base_model: the Hub repo of the ImageNet weights training started from, for the model card; by default
             timm's repo for the tag when `pretrained` or `pretrained_path` loads weights (a local file is taken to
             hold the tag's weights), none for a random start.
@@ -176,6 +193,7 @@ class ReIDEncoder(nn.Module):
         input_size: tuple[int, int] | list[int] = (256, 128),
         mean: list[float] | None = None,
         std: list[float] | None = None,
+        pooling: str = "avg",
         base_model: str | None = None,
     ) -> None:
         super().__init__()
@@ -192,6 +210,11 @@ class ReIDEncoder(nn.Module):
             last_stride=last_stride,
             input_size=self.input_size,
         )
+        if pooling not in POOLINGS:
+            raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        if pooling == "gem":
+            use_gem_pooling(self.backbone, backbone)
+        self.pooling = pooling
         self.last_stride = last_stride
         weights_loaded = pretrained or pretrained_path is not None
         self.base_model = base_model if base_model is not None or not weights_loaded else imagenet_weights_id(backbone)
@@ -215,6 +238,9 @@ class ReIDEncoder(nn.Module):
             "std": self.std,
             "feature_dim": self.feature_dim,
         }
+        config |= (
+            {"pooling": self.pooling} if self.pooling != "avg" else {}
+        )  # folders saved before GeM stay as they were
         return config | ({"base_model": self.base_model} if self.base_model else {})
 
     def forward_features(self, pixel_values: Tensor) -> Tensor:

@@ -48,3 +48,16 @@ class CrossDomainNetwork(nn.Module):
         else:
             target = source.new_zeros(0, source.shape[1])
         return {"source_features": source, "target_features": target, "source_logits": self.classifier(source)}
+
+
+class FeatureNetwork(nn.Module):
+    """The training network of clustering methods: the encoder alone, giving its BNNeck features (B, D) in its
+    module mode; the proxy memory stays outside, as the exemplar memory does for `CrossDomainNetwork`."""
+
+    def __init__(self, encoder: ReIDEncoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        """(B, 3, H, W) -> (B, D) BNNeck features (not normalised)."""
+        return self.encoder(pixel_values)

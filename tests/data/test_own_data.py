@@ -106,9 +106,9 @@ def test_camera_free_data_loads_evaluates_and_refuses_camera_aware_training(tmp_
     domain = DomainConfig(name="folders", root=str(root))
     check_domain(domain, "data.target")
     with pytest.raises(ConfigError) as refused:
-        check_domain(domain, "data.target", needs_cameras="objective.neighbor_mode=1")
+        check_domain(domain, "data.target", needs_cameras="objective.neighbour_mode=camera_aware")
     assert str(refused.value) == (
-        f"data.target: folders at {root} records no camera ids, which objective.neighbor_mode=1 needs; "
+        f"data.target: folders at {root} records no camera ids, which objective.neighbour_mode=camera_aware needs; "
         "give the cameras (see the benchmark's options) or change that setting"
     )
     check_domain(

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from reid_accel.config import load_config
@@ -86,6 +87,19 @@ def test_four_processes_run_the_one_process_recipe_with_one_mixup_weight_per_gro
     done = _launch(4, config, *SMOKE, *recipe, f"train.output_dir={tmp_path / 'four'}")
     assert done.returncode == 0, done.stderr[-3000:]
     _assert_same_run(reference, tmp_path / "four")
+
+
+def test_two_processes_cluster_and_train_the_camera_proxy_method_as_one(write_config, camera_proxy_sections, tmp_path):
+    """Same pseudo-labels (gathered features, one clustering, broadcast), same weights and proxy memory, with the
+    second epoch's clustering from the trained weights (3 steps an epoch, 4 steps)."""
+    config = write_config(**camera_proxy_sections)  # data.bn_batch_size=8: 2 proxies x 4 images per BatchNorm
+    reference = _single_process(config, tmp_path / "one", "train.max_steps=4")
+    done = _launch(2, config, *SMOKE, "train.max_steps=4", f"train.output_dir={tmp_path / 'two'}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "batch: 16 images per step = 2 processes x 1 micro-batch(es) of 8" in done.stderr
+    _assert_same_run(reference, tmp_path / "two")
+    labels = [load_file(RunFolder(run).checkpoints()[-1].memory)["labels"] for run in (reference, tmp_path / "two")]
+    assert torch.equal(*labels) and (labels[0] >= 0).sum() > len(labels[0]) // 2
 
 
 def test_two_machines_run_the_one_process_recipe(write_config, tmp_path):

@@ -2,6 +2,7 @@ import json
 import os
 import shutil
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -212,3 +213,14 @@ def test_cli_refuses_bad_counts_and_unreadable_paths_in_one_line(tmp_path, capsy
     assert main(["data", "synth", str(blocker / "world"), "--domain", "a"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("reid-accel: error: ") and str(blocker) in err[0], err
+
+
+def test_init_from_starts_from_a_saved_model_strictly(write_config, tmp_path):
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "model-0.1.0"
+    run = setup(load_config(write_config(), [f"model.init_from={fixture}"]))
+    saved = load_file(fixture / "model.safetensors")
+    assert run.encoder.backbone_name == "test_efficientnet"
+    assert all(torch.equal(saved[k], v) for k, v in run.encoder.state_dict().items())
+    assert run.encoder.training, "the loaded model trains (BatchNorm in training mode)"
+    (tmp_path / "not-a-model").mkdir()
+    assert main(["train", str(write_config()), f"model.init_from={tmp_path / 'not-a-model'}"]) == 2

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from reid_accel.config import ExperimentConfig, ObjectiveConfig
-from reid_accel.engine.train import build_objective
 from reid_accel.export import export_encoder
 from reid_accel.hub import from_pretrained, save_pretrained
+from reid_accel.methods.cail import build_objective
 from reid_accel.modeling import CrossDomainNetwork, ReIDEncoder
 from reid_accel.objectives import mix_pixels
 

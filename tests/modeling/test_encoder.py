@@ -171,3 +171,19 @@ def test_torch_compile_traces_the_training_forward_without_graph_breaks():
     torch._dynamo.reset()
     compiled = torch.compile(step, backend="eager", fullgraph=True)
     torch.testing.assert_close(compiled(x), step(x))
+
+
+def test_gem_pooling_is_the_generalised_mean_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    encoder = ReIDEncoder("test_resnet", input_size=(64, 32), pooling="gem").eval()
+    pixels = torch.randn(2, 3, 64, 32)
+    fmap = encoder.forward_features(pixels)  # (2, C, h, w)
+    expected = fmap.clamp(min=1e-6).pow(3).mean((2, 3)).pow(1 / 3)  # p starts at 3
+    torch.testing.assert_close(encoder.backbone.forward_head(fmap, pre_logits=True), expected)
+    assert "backbone.global_pool.p" in dict(encoder.named_parameters())
+    save_pretrained(encoder, tmp_path / "gem")
+    loaded = from_pretrained(tmp_path / "gem")
+    assert loaded.pooling == "gem"
+    torch.testing.assert_close(loaded.embed(pixels), encoder.embed(pixels))
+    with pytest.raises(ConfigError, match="model.pooling=gem"):
+        ReIDEncoder("test_vit", input_size=(64, 32), last_stride=2, pooling="gem")

@@ -120,7 +120,7 @@ def check_domain(domain: DomainConfig, key: str, *, needs_cameras: str | None = 
     Args:
         domain: the dataset's config.
         key: its config key, named in errors.
-        needs_cameras: the setting that needs camera ids (e.g. "objective.neighbor_mode=1"), to refuse a dataset
+        needs_cameras: the setting that needs camera ids (e.g. "objective.neighbour_mode=camera_aware"), to refuse a dataset
             without them; None when nothing does.
 
     Raises:
