@@ -14,17 +14,9 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from reid_accel.config import ExperimentConfig, dump_config, load_config
-from reid_accel.data.benchmarks import get_benchmark
+from reid_accel.data.benchmarks import benchmark_title
 from reid_accel.folders import RunFolder
-
-# The paper is not on arXiv; this is the ECCV 2020 open-access copy (ECVA).
-PAPER = "https://www.ecva.net/papers/eccv_2020/papers_ECCV/papers/123600222.pdf"
-CITATION = """@inproceedings{luo2020generalizing,
-  title={Generalizing Person Re-Identification by Camera-Aware Invariance Learning and Cross-Domain Mixup},
-  author={Luo, Chuanchen and Song, Chunfeng and Zhang, Zhaoxiang},
-  booktitle={European Conference on Computer Vision},
-  year={2020}
-}"""
+from reid_accel.methods import METHODS
 
 
 @dataclass(frozen=True)
@@ -45,10 +37,6 @@ class TrainingRecord:
         return cls(load_config(run.config), tuple(metrics["evaluations"]), metrics["run"])
 
 
-def _title(name: str) -> str:
-    return get_benchmark(name)[1].title
-
-
 def model_card(encoder_config: Mapping[str, Any], training: TrainingRecord | None = None, *, repo_id: str = "") -> str:
     """The model card: YAML metadata (with `model-index` results when known), then prose, usage and results.
 
@@ -57,9 +45,8 @@ def model_card(encoder_config: Mapping[str, Any], training: TrainingRecord | Non
         training: the run that trained the model, when the card should report it.
         repo_id: the Hub repository, used in the loading snippet.
     """
-    data = training.config.data if training is not None else None
-    source = data.source.name if data is not None else None
-    target = data.target.name if data is not None and data.target is not None else None
+    method = METHODS[training.config.method.name](training.config) if training is not None else None
+    trained_on = [domain.name for domain in method.domains.values()] if method is not None else []
     evaluations = training.evaluations if training is not None else ()
     last = evaluations[-1] if evaluations else None
     results = []
@@ -71,7 +58,7 @@ def model_card(encoder_config: Mapping[str, Any], training: TrainingRecord | Non
                     task_type="image-feature-extraction",
                     task_name="Person re-identification",
                     dataset_type=evaluated,
-                    dataset_name=_title(evaluated),
+                    dataset_name=benchmark_title(evaluated),
                     dataset_split="query/gallery",
                     metric_type=key.lower(),
                     metric_name=name,
@@ -83,20 +70,19 @@ def model_card(encoder_config: Mapping[str, Any], training: TrainingRecord | Non
         license="apache-2.0",
         tags=["person-reid", "domain-adaptation", "reid-accel", "pytorch", "timm"],
         pipeline_tag="image-feature-extraction",
-        datasets=[name for name in (source, target) if name],
+        datasets=trained_on or None,
         model_name=repo_id or "reid-accel model",
         base_model=encoder_config.get("base_model"),
         eval_results=results or None,
     )
     name = repo_id or "path/to/model"
-    title = f"{_title(source)} → {_title(target)}" if target else _title(source) if source else ""
+    title = " → ".join(benchmark_title(name) for name in trained_on)
     lines = [
         f"# reid-accel person re-ID encoder{': ' + title if title else ''}",
         "",
         f"A `{encoder_config['backbone']}` backbone (last stride {encoder_config['last_stride']}) with a BNNeck, "
-        f"producing {encoder_config.get('feature_dim', 'D')}-d features ranked by cosine similarity, trained with "
-        f"camera-aware invariance learning and cross-domain mixup ([Luo, Song, Zhang, ECCV 2020]({PAPER}))"
-        + (f": labelled {_title(source)}, unlabelled {_title(target)}." if target else "."),
+        f"producing {encoder_config.get('feature_dim', 'D')}-d features ranked by cosine similarity"
+        + (f", trained with {method.paper[0]}: {method.trained_on()}." if method is not None else "."),
         f"Input: RGB images resized to {encoder_config['input_size'][0]}x{encoder_config['input_size'][1]}, "
         f"normalised with mean {encoder_config['mean']} and std {encoder_config['std']}.",
         "",
@@ -119,7 +105,7 @@ def model_card(encoder_config: Mapping[str, Any], training: TrainingRecord | Non
         ap_mode = last.get("ap_mode", "standard")  # runs recorded before it was stored used "standard"
         lines += [
             "",
-            f"## Results on {_title(training.config.eval_domain.name)} ({ap_mode} AP, Market-1501 protocol)",
+            f"## Results on {benchmark_title(training.config.eval_domain.name)} ({ap_mode} AP, Market-1501 protocol)",
             "",
             "| epoch | mAP | rank-1 | rank-5 | rank-10 |",
             "|---:|---:|---:|---:|---:|",
@@ -131,12 +117,16 @@ def model_card(encoder_config: Mapping[str, Any], training: TrainingRecord | Non
         ]
     if training is not None:
         run = training.run_info
+        halves = (
+            f" ({run.get('micro_batch_source')} source + {run.get('micro_batch_target')} target per forward)"
+            if run.get("two_domains")
+            else ""
+        )
         lines += [
             "",
             "## Training",
             "",
-            f"{run.get('global_batch')} images per step in BatchNorm groups of {run.get('bn_batch_size')} "
-            f"({run.get('micro_batch_source')} source + {run.get('micro_batch_target')} target per forward), "
+            f"{run.get('global_batch')} images per step in BatchNorm groups of {run.get('bn_batch_size')}{halves}, "
             f"on {run.get('world_size')} process(es) x {run.get('micro_batches')} micro-batch(es), mixed precision "
             f"`{run.get('mixed_precision')}`, {run.get('steps_per_epoch')} steps per epoch. Packages: "
             + ", ".join(f"{k} {v}" for k, v in (run.get("packages") or {}).items() if v)
@@ -149,6 +139,8 @@ def model_card(encoder_config: Mapping[str, Any], training: TrainingRecord | Non
             "```",
             "</details>",
         ]
-    lines += ["", "## Citation", "", "```bibtex", CITATION, "```", ""]
+    if method is not None:
+        lines += ["", "## Citation", "", "```bibtex", method.paper[1], "```"]
+    lines.append("")
     card = ModelCard.from_template(card_data, template_str="---\n{{ card_data }}\n---\n\n" + "\n".join(lines))
     return str(card)

@@ -99,6 +99,16 @@ class Method(ABC):
 
     @property
     @abstractmethod
+    def paper(self) -> tuple[str, str]:
+        """What the model card says the run was trained with (markdown, linked to the paper), and the paper's
+        BibTeX entry, which the card cites."""
+
+    @abstractmethod
+    def trained_on(self) -> str:
+        """The training data as the model card says it, e.g. "labelled Market-1501, unlabelled MSMT17"."""
+
+    @property
+    @abstractmethod
     def domains(self) -> dict[str, DomainConfig]:
         """The training domains by config key (e.g. `{"data.source": ..., "data.target": ...}`)."""
 

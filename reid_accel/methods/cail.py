@@ -14,6 +14,7 @@ from torch import Tensor
 
 from reid_accel.config import DomainConfig, ExperimentConfig, ObjectiveConfig
 from reid_accel.data import CrossDomainBatchSampler, CrossDomainDataset
+from reid_accel.data.benchmarks import benchmark_title
 from reid_accel.layout import BatchLayout
 from reid_accel.methods.base import BuildInputs, GroupLoss, Method, MethodParts
 from reid_accel.modeling import CrossDomainNetwork, ExemplarMemory
@@ -26,6 +27,18 @@ from reid_accel.objectives import (
     sample_mixup_lambda,
 )
 from reid_accel.seeding import seeded_generator
+
+# The paper is not on arXiv; this is the ECCV 2020 open-access copy (ECVA).
+PAPER = (
+    "camera-aware invariance learning and cross-domain mixup ([Luo, Song, Zhang, ECCV 2020]"
+    "(https://www.ecva.net/papers/eccv_2020/papers_ECCV/papers/123600222.pdf))"
+)
+CITATION = """@inproceedings{luo2020generalizing,
+  title={Generalizing Person Re-Identification by Camera-Aware Invariance Learning and Cross-Domain Mixup},
+  author={Luo, Chuanchen and Song, Chunfeng and Zhang, Zhaoxiang},
+  booktitle={European Conference on Computer Vision},
+  year={2020}
+}"""
 
 
 def target_loss_schedule(objective: ObjectiveConfig) -> TargetLossSchedule:
@@ -70,6 +83,14 @@ class CAIL(Method):
         if self.two_domains:
             domains["data.target"] = self.cfg.data.target
         return domains
+
+    @property
+    def paper(self) -> tuple[str, str]:
+        return PAPER, CITATION
+
+    def trained_on(self) -> str:
+        source = f"labelled {benchmark_title(self.cfg.data.source.name)}"
+        return f"{source}, unlabelled {benchmark_title(self.cfg.data.target.name)}" if self.two_domains else source
 
     def camera_setting(self, key: str) -> str | None:
         if key == "data.target" and self.cfg.objective.neighbour_mode == "camera_aware":

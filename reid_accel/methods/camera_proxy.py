@@ -32,11 +32,33 @@ from reid_accel.clustering import (
 )
 from reid_accel.config import DomainConfig, ExperimentConfig
 from reid_accel.data import ProxyBatchSampler, ReIDImageDataset
+from reid_accel.data.benchmarks import benchmark_title
 from reid_accel.errors import ConfigError
 from reid_accel.methods.base import BuildInputs, Embed, GroupLoss, Method, MethodParts
 from reid_accel.modeling import FeatureNetwork, ProxyMemory
 from reid_accel.objectives import cluster_contrast_loss, offline_association_loss, online_association_loss
 
+PAPERS = {
+    "camera": (
+        "camera-aware proxies with offline and online association ([Wang et al., IEEE TIP 2022]"
+        "(https://arxiv.org/abs/2201.05820))",
+        """@article{wang2022offline,
+  title={Offline-Online Associated Camera-Aware Proxies for Unsupervised Person Re-identification},
+  author={Wang, Menglin and Li, Jiachen and Lai, Baisheng and Gong, Xiaojin and Hua, Xian-Sheng},
+  journal={IEEE Transactions on Image Processing},
+  year={2022}
+}""",
+    ),
+    "cluster": (
+        "cluster contrast ([Dai et al., ACCV 2022](https://arxiv.org/abs/2103.11568))",
+        """@inproceedings{dai2022cluster,
+  title={Cluster Contrast for Unsupervised Person Re-Identification},
+  author={Dai, Zuozhuo and Wang, Guangyuan and Yuan, Weihao and Zhu, Siyu and Tan, Ping},
+  booktitle={Asian Conference on Computer Vision},
+  year={2022}
+}""",
+    ),
+}  # by `camera_proxy.proxies`
 DIAGNOSTIC_PREFIX = "clusters/"  # the epoch's clustering diagnostics, as history.json and the curves name them
 
 
@@ -82,6 +104,14 @@ class CameraProxy(Method):
     @property
     def domains(self) -> dict[str, DomainConfig]:
         return {"data.target": self.cfg.data.target}
+
+    @property
+    def paper(self) -> tuple[str, str]:
+        return PAPERS[self.settings.proxies]
+
+    def trained_on(self) -> str:
+        start = f" from {self.cfg.model.init_from}" if self.cfg.model.init_from else ""
+        return f"unlabelled {benchmark_title(self.cfg.data.target.name)}{start}"
 
     def camera_setting(self, key: str) -> str | None:
         if self.settings.proxies == "camera":

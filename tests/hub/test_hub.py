@@ -127,6 +127,32 @@ def test_model_card_metadata_parses_and_carries_the_results(run_dir, encoder, tm
     assert dump_config(CONFIG).rstrip() in card.text
 
 
+@pytest.mark.parametrize(
+    ("proxies", "named", "cited"),
+    [
+        ("camera", "camera-aware proxies with offline and online association", "wang2022offline"),
+        ("cluster", "cluster contrast", "dai2022cluster"),
+    ],
+)
+def test_model_card_names_the_method_that_trained_the_model(encoder, tmp_path, proxies, named, cited):
+    config = load_config(
+        None,
+        [
+            "method.name=camera_proxy",
+            f"camera_proxy.proxies={proxies}",
+            "data.target={name: market1501}",
+            "model.init_from=me/duke-source",
+        ],
+    )
+    training = TrainingRecord(config, tuple(METRICS["evaluations"]), {**METRICS["run"], "two_domains": False})
+    card = ModelCard.load(save_pretrained(encoder, tmp_path / "m", training=training).card)
+    assert card.data.to_dict()["datasets"] == ["market1501"]  # the source is not read by this method
+    assert "# reid-accel person re-ID encoder: Market-1501\n" in card.text
+    assert f"trained with {named}" in card.text and "unlabelled Market-1501 from me/duke-source." in card.text
+    assert f"@{'article' if proxies == 'camera' else 'inproceedings'}{{{cited}" in card.text
+    assert "luo2020" not in card.text and "source +" not in card.text
+
+
 def test_model_card_names_the_ap_convention_of_the_evaluations(run_dir, encoder, tmp_path):
     run = RunFolder(run_dir)
     metrics = json.loads(run.metrics.read_text())
@@ -182,8 +208,8 @@ def test_every_path_writes_the_same_card(encoder, run_dir, tmp_path, fake_hub):
     """save_pretrained, the engine's run card and `reid-accel push` write one card, differing only in the repo id."""
     save_pretrained(encoder, tmp_path / "direct", repo_id="me/model")
     direct = (tmp_path / "direct" / "README.md").read_text()
-    assert "More Information Needed" not in direct and "@inproceedings{luo2020" in direct
-    assert "ecva.net/papers/eccv_2020/papers_ECCV/papers/123600222.pdf" in direct
+    assert "More Information Needed" not in direct
+    assert "trained with" not in direct and "Citation" not in direct  # no run record: no method is claimed
     assert 'from_pretrained("me/model")' in direct
 
     assert main(["push", str(tmp_path / "direct"), "--repo-id", "me/model"]) == 0
@@ -195,6 +221,7 @@ def test_every_path_writes_the_same_card(encoder, run_dir, tmp_path, fake_hub):
     assert fake_hub.commits[1]["files"]["README.md"].decode() == with_results.card.read_text()
     engine_card = run.model.card.read_text()  # the same record, without a repo id
     assert "| 2 | 43.2 | 60.0 | 80.0 | 90.0 |" in engine_card and 'from_pretrained("path/to/model")' in engine_card
+    assert "ecva.net/papers/eccv_2020/papers_ECCV/papers/123600222.pdf" in engine_card
 
 
 def test_base_model_names_the_timm_weights_training_started_from(tmp_path):

@@ -64,6 +64,11 @@ def _keyword_defaults(function: Callable) -> dict[str, Any]:
     return {p.name: p.default for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
+def benchmark_title(name: str) -> str:
+    """The name papers give a benchmark ("Market-1501"), for logs and model cards."""
+    return get_benchmark(name)[1].title
+
+
 def split_options(
     name: str, options: Mapping[str, Any], *, root: str | os.PathLike | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
