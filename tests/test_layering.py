@@ -15,7 +15,8 @@ LEAVES = ("data", "modeling", "objectives", "metrics")
 LAYER = (
     {"errors": 0, "fileio": 1, "seeding": 1, "layout": 1, "config": 2, "generators.synthetic": 2}
     | dict.fromkeys(LEAVES, 3)
-    | {"generators.lookalike": 4, "engine": 4, "hub": 4, "inference": 4, "export": 4, "cli": 5, "train": 6}
+    | {"generators.lookalike": 4, "engine": 4, "hub": 4, "inference": 4, "export": 4, "gallery": 5}
+    | {"cli": 6, "train": 7}
 )
 
 
