@@ -176,7 +176,7 @@ class GalleryIndex:
         self.pattern = pattern
         self.approximate: Approximate | None = None
         self._faiss = None
-        self._camera_codes: np.ndarray | None = None
+        self._camera_codes: tuple[dict[str, int], np.ndarray] | None = None
 
     @property
     def dim(self) -> int:
@@ -242,13 +242,17 @@ class GalleryIndex:
             self._faiss.add(added.numpy())
         logger.info("Gallery now holds %d rows", len(self))
 
-    def build_approximate(self, kind: Approximate = "hnsw", *, lists: int | None = None) -> None:
+    def build_approximate(
+        self, kind: Approximate = "hnsw", *, lists: int | None = None, depth: int | None = None
+    ) -> None:
         """Build a faiss index over the rows (inner product = cosine on these unit rows).
 
         Args:
             kind: ``"hnsw"`` (graph, 32 neighbours, no training) or ``"ivf"`` (inverted lists, trained by k-means
                 on the rows, ``_IVF_PROBES`` lists probed per query).
             lists: IVF lists; default ``4 * sqrt(N)``.
+            depth: how hard each query searches, trading speed for recall: HNSW's ``efSearch`` (default
+                ``_HNSW_EF_SEARCH``) or the IVF lists probed (default ``_IVF_PROBES``). Saved with the index.
         """
         faiss = _faiss()
         if kind not in APPROXIMATE_KINDS:
@@ -258,12 +262,12 @@ class GalleryIndex:
         if kind == "hnsw":
             index = faiss.IndexHNSWFlat(self.dim, _HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = _HNSW_EF_CONSTRUCTION
-            index.hnsw.efSearch = _HNSW_EF_SEARCH
+            index.hnsw.efSearch = depth or _HNSW_EF_SEARCH
         else:
             lists = lists or max(1, min(len(self) // 39, int(4 * math.sqrt(len(self)))))
             index = faiss.IndexIVFFlat(faiss.IndexFlatIP(self.dim), self.dim, lists, faiss.METRIC_INNER_PRODUCT)
             index.train(vectors)
-            index.nprobe = min(_IVF_PROBES, lists)
+            index.nprobe = min(depth or _IVF_PROBES, lists)
         index.add(vectors)
         self._faiss, self.approximate = index, kind
 
@@ -461,15 +465,12 @@ class GalleryIndex:
                 "features of different models cannot be compared"
             )
 
-    def camera_codes(self) -> np.ndarray:
-        """(N,) int64 code of each row's camera, -1 where unknown (codes shared with `_Excluder`)."""
+    def _cameras(self) -> tuple[dict[str, int], np.ndarray]:
+        """Each camera's code (sorted names) and the (N,) int64 code of each row, -1 where unknown; cached."""
         if self._camera_codes is None:
-            table = self._camera_table()
-            self._camera_codes = np.array([table.get(c, -1) for c in self.rows.camera], dtype=np.int64)
+            table = {c: i for i, c in enumerate(sorted({c for c in self.rows.camera if c is not None}))}
+            self._camera_codes = (table, np.array([table.get(c, -1) for c in self.rows.camera], dtype=np.int64))
         return self._camera_codes
-
-    def _camera_table(self) -> dict[str, int]:
-        return {c: i for i, c in enumerate(sorted({c for c in self.rows.camera if c is not None}))}
 
     def _search_exact(self, query: torch.Tensor, k: int, excluder: "_Excluder") -> tuple[np.ndarray, np.ndarray]:
         """Blocks of (queries x gallery columns) scores, each block's exact top-k merged into a running top-k."""
@@ -525,7 +526,7 @@ class _Excluder:
             raise InputError("excluding the query's camera or a time window needs the queries' cameras")
         if window is not None and times is None:
             raise InputError("a time window needs the queries' times")
-        table = index._camera_table()
+        table, codes = index._cameras() if active else ({}, np.zeros(0, dtype=np.int64))
         query_cameras = [_field_value("camera", c) for c in cameras] if cameras is not None else [None] * num_query
         query_times = [_field_value("time", t) for t in times] if times is not None else [None] * num_query
         for name, values in (("cameras", query_cameras), ("times", query_times)):
@@ -535,7 +536,7 @@ class _Excluder:
             active,
             torch.tensor([table.get(c, -2) if c is not None else -1 for c in query_cameras], dtype=torch.int64),
             torch.tensor([math.nan if t is None else t for t in query_times], dtype=torch.float64),
-            torch.from_numpy(index.camera_codes()) if active else torch.zeros(0, dtype=torch.int64),
+            torch.from_numpy(codes),
             torch.tensor([math.nan if t is None else t for t in index.rows.time], dtype=torch.float64)
             if window is not None
             else torch.zeros(0, dtype=torch.float64),
@@ -580,9 +581,9 @@ def _top_k(block: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     take = min(k, block.shape[1])
     values, columns = torch.topk(block, take, dim=1, sorted=True)  # (c, k')
     # topk may cut a run of equal scores anywhere: rows holding more entries at their k-th value than it kept are
-    # redone exactly.
-    at_least = (block >= values[:, -1:]).sum(1)
-    for row in (at_least > take).nonzero().flatten().tolist():
+    # redone exactly (numpy counts a boolean row ~20x faster than torch sums one).
+    at_least = np.count_nonzero(block.numpy() >= values[:, -1:].numpy(), axis=1)
+    for row in np.flatnonzero(at_least > take).tolist():
         candidates = (block[row] >= values[row, -1]).nonzero().flatten()
         order = _exact_order(candidates[None], block[row, candidates][None], take)[0]
         columns[row] = order[0]
