@@ -131,6 +131,7 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=None, help="HNSW efSearch / IVF lists probed")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    import faiss  # noqa: F401  (loaded first, so that its BLAS is listed below)
 
     print(
         f"gallery {args.gallery} x {args.dim}-d float32, {args.queries} queries, batch {args.batch}, "
