@@ -44,6 +44,7 @@ from reid_accel.errors import InputError
 from reid_accel.fileio import atomic_path, write_json_atomic
 from reid_accel.inference import ImageLike, _as_list, embed_images
 from reid_accel.metrics.product import similarity
+from reid_accel.metrics.ranking import _unit_rows
 from reid_accel.modeling import ReIDEncoder
 
 logger = logging.getLogger(__name__)
@@ -676,13 +677,6 @@ def _as_features(values, name: str) -> torch.Tensor:
     if tensor.ndim not in (1, 2) or not (tensor.is_floating_point()):
         raise InputError(f"{name} have shape {tuple(tensor.shape)} and dtype {tensor.dtype}; expected (n, dim) floats")
     return tensor.float()
-
-
-def _unit_rows(features: torch.Tensor, name: str) -> torch.Tensor:
-    norms = torch.linalg.vector_norm(features, dim=1, keepdim=True)  # (n, 1)
-    if not torch.isfinite(norms).all():
-        raise InputError(f"{name} hold NaN or infinite values; expected finite features")
-    return features / norms.clamp(min=1e-12)
 
 
 def _read_info(folder: Path) -> dict:

@@ -10,7 +10,7 @@ import torch
 
 from reid_accel import gallery as gallery_module
 from reid_accel.cli import main
-from reid_accel.errors import InputError
+from reid_accel.errors import InputError, ReidAccelError
 from reid_accel.gallery import GalleryIndex, model_identity
 from reid_accel.modeling import ReIDEncoder
 
@@ -131,7 +131,7 @@ def test_bad_input_is_refused_in_one_line(small_gallery, tmp_path):
     index, features, _, _ = small_gallery
 
     def refused(match, fn, *args, **kwargs):
-        with pytest.raises(InputError, match=match) as info:
+        with pytest.raises(ReidAccelError, match=match) as info:
             fn(*args, **kwargs)
         assert "\n" not in str(info.value)
 
