@@ -283,6 +283,7 @@ class GalleryIndex:
         exclude_same_camera: bool = False,
         window: float | None = None,
         approximate: bool = False,
+        depth: int | None = None,
         names: Sequence[str] | None = None,
     ) -> SearchResults:
         """Top-k gallery rows of each query feature.
@@ -296,6 +297,7 @@ class GalleryIndex:
             exclude_same_camera: drop rows of the query's camera.
             window: drop rows of the query's camera within this time of the query.
             approximate: use the faiss index (`build_approximate`) instead of the exact product.
+            depth: for this search, HNSW's ``efSearch`` or the IVF lists probed (default: the index's own).
             names: (n,) how the result table names each query; default ``query <i>``.
 
         Returns:
@@ -313,10 +315,12 @@ class GalleryIndex:
             raise InputError(f"window={window!r}; expected a time span >= 0")
         query = _unit_rows(query, "query features")
         excluder = _Excluder.build(self, len(query), cameras, times, exclude_same_camera, window)
+        if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
+            raise InputError(f"depth={depth!r}; expected a positive whole number")
         if approximate:
             if self._faiss is None:
                 raise InputError("this gallery has no approximate index; build one with build_approximate()")
-            indices, scores = self._search_faiss(query, k, excluder)
+            indices, scores = self._search_faiss(query, k, excluder, depth)
         else:
             indices, scores = self._search_exact(query, k, excluder)
         names = list(names) if names is not None else [f"query {i}" for i in range(len(query))]
@@ -494,11 +498,18 @@ class GalleryIndex:
             out_indices.append(indices_q)
         return _finish(torch.cat(out_indices), torch.cat(out_scores), k)
 
-    def _search_faiss(self, query: torch.Tensor, k: int, excluder: "_Excluder") -> tuple[np.ndarray, np.ndarray]:
+    def _search_faiss(
+        self, query: torch.Tensor, k: int, excluder: "_Excluder", depth: int | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """faiss's top candidates, over-fetched and doubled until k survive the exclusions (or the gallery ends)."""
         fetch = min(len(self), k * (_OVERFETCH if excluder.active else 1))
+        params = None
+        if depth is not None:
+            faiss = _faiss()
+            hnsw = self.approximate == "hnsw"
+            params = faiss.SearchParametersHNSW(efSearch=depth) if hnsw else faiss.SearchParametersIVF(nprobe=depth)
         while True:
-            scores, indices = self._faiss.search(query.numpy(), fetch)  # (n, fetch) each, -1 where none
+            scores, indices = self._faiss.search(query.numpy(), fetch, params=params)  # (n, fetch), -1: none
             scores, indices = torch.from_numpy(scores), torch.from_numpy(indices)
             scores = scores.masked_fill(indices < 0, -math.inf)
             excluder.apply_to_pairs(scores, indices)

@@ -86,37 +86,40 @@ def cpu_model() -> str:
 
 
 class Ours:
-    """`GalleryIndex` exact (or approximate, given a kind)."""
+    """`GalleryIndex`, searched exactly, or through its faiss index at a given depth."""
 
-    def __init__(self, kind: str | None = None, depth: int | None = None):
-        self.kind, self.depth = kind, depth
-        self.name = f"gallery {kind} depth {depth or 'default'}" if kind else "gallery exact"
+    def __init__(self, kind: str | None = None):
+        self.kind = kind
+        self.name = f"gallery {kind}" if kind else "gallery exact"
 
     def build(self, vectors: np.ndarray) -> None:
         self.index = GalleryIndex.from_features(vectors)
         if self.kind:
-            self.index.build_approximate(self.kind, depth=self.depth)
+            self.index.build_approximate(self.kind)
 
-    def search(self, queries: np.ndarray, k: int) -> np.ndarray:
-        return self.index.search(queries, k, approximate=self.kind is not None).indices
+    def searcher(self, depth: int | None = None):
+        def search(queries: np.ndarray, k: int) -> np.ndarray:
+            return self.index.search(queries, k, approximate=self.kind is not None, depth=depth).indices
+
+        return search
 
 
 class FaissFlat:
-    """faiss.IndexFlatIP on the same unit vectors (exact inner product)."""
+    """faiss.IndexFlatIP on the same unit vectors (exact inner product; queries normalised here)."""
 
     name = "faiss IndexFlatIP"
 
     def build(self, vectors: np.ndarray) -> None:
         import faiss
 
-        unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
         self.index = faiss.IndexFlatIP(vectors.shape[1])
-        self.index.add(unit)
-        del unit
+        self.index.add(vectors)
 
-    def search(self, queries: np.ndarray, k: int) -> np.ndarray:
-        unit = queries / np.linalg.norm(queries, axis=1, keepdims=True)
-        return self.index.search(unit, k)[1]
+    def searcher(self):
+        def search(queries: np.ndarray, k: int) -> np.ndarray:
+            return self.index.search(queries / np.linalg.norm(queries, axis=1, keepdims=True), k)[1]
+
+        return search
 
 
 def main() -> None:
@@ -128,7 +131,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--approximate", nargs="*", default=[], choices=["hnsw", "ivf"])
-    parser.add_argument("--depth", type=int, default=None, help="HNSW efSearch / IVF lists probed")
+    parser.add_argument("--depths", type=int, nargs="+", default=[16, 64, 256], help="HNSW efSearch / IVF probes")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     import faiss  # noqa: F401  (loaded first, so that its BLAS is listed below)
@@ -141,7 +144,8 @@ def main() -> None:
         flush=True,
     )
     gallery, queries = synthetic(args.gallery, args.queries, args.dim, args.seed)
-    methods = [Ours(), FaissFlat()] + [Ours(kind, args.depth) for kind in args.approximate]
+    gallery /= np.linalg.norm(gallery, axis=1, keepdims=True)  # in place: every index gets the same unit vectors
+    methods = [Ours(), FaissFlat()] + [Ours(kind) for kind in args.approximate]
     built = {}
     for method in methods:
         gc.collect()
@@ -152,24 +156,27 @@ def main() -> None:
     del gallery
     gc.collect()
 
-    exact = methods[0].search(queries, 10)
+    searchers = {"gallery exact": methods[0].searcher(), "faiss IndexFlatIP": methods[1].searcher()}
+    for method in methods[2:]:
+        searchers |= {f"{method.name} depth {depth}": method.searcher(depth) for depth in args.depths}
+    exact = searchers["gallery exact"](queries, 10)
     recall = {
-        m.name: float(np.mean([len(set(a) & set(e)) / 10 for a, e in zip(m.search(queries, 10), exact, strict=True)]))
-        for m in methods
+        name: float(np.mean([len(set(a) & set(e)) / 10 for a, e in zip(search(queries, 10), exact, strict=True)]))
+        for name, search in searchers.items()
     }
-    single, batch = ({m.name: [] for m in methods} for _ in range(2))
+    single, batch = ({name: [] for name in searchers} for _ in range(2))
     batches = [queries[i : i + args.batch] for i in range(0, len(queries), args.batch)]
     for round_index in range(args.rounds):
-        for method in methods:
+        for name, search in searchers.items():
             picks = queries[round_index * args.single % len(queries) :][: args.single]
             start = time.perf_counter()
             for row in picks:
-                method.search(row[None], 10)
-            single[method.name].append(len(picks) / (time.perf_counter() - start))
+                search(row[None], 10)
+            single[name].append(len(picks) / (time.perf_counter() - start))
             start = time.perf_counter()
             for part in batches:
-                method.search(part, 10)
-            batch[method.name].append(len(queries) / (time.perf_counter() - start))
+                search(part, 10)
+            batch[name].append(len(queries) / (time.perf_counter() - start))
         print(
             f"  round {round_index + 1}: "
             + ", ".join(f"{n} {single[n][-1]:.1f}/{batch[n][-1]:.0f} q/s" for n in single),
@@ -179,11 +186,11 @@ def main() -> None:
     print(f"\nload average now {os.getloadavg()[0]:.1f}")
     print("| index | build s | memory MiB | single queries/s (median) | batch-of-256 queries/s (median) | recall@10 |")
     print("|---|---|---|---|---|---|")
-    for method in methods:
-        seconds, mib = built[method.name]
+    for name in searchers:
+        seconds, mib = built[name if name in built else name.rsplit(" depth", 1)[0]]
         print(
-            f"| {method.name} | {seconds:.2f} | {mib:.0f} | {statistics.median(single[method.name]):.1f} | "
-            f"{statistics.median(batch[method.name]):.0f} | {recall[method.name]:.4f} |"
+            f"| {name} | {seconds:.2f} | {mib:.0f} | {statistics.median(single[name]):.1f} | "
+            f"{statistics.median(batch[name]):.0f} | {recall[name]:.4f} |"
         )
 
 

@@ -97,6 +97,8 @@ def test_the_approximate_index_recalls_the_exact_top_10_and_honours_exclusions(k
     approx = index.search(queries, 10, approximate=True).indices
     recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact, strict=True)])
     assert recall >= 0.9
+    deeper = index.search(queries, 10, approximate=True, depth=256).indices
+    assert np.mean([len(set(a) & set(e)) / 10 for a, e in zip(deeper, exact, strict=True)]) >= recall
     q_cams = cameras[::7]
     found = index.search(queries, 10, approximate=True, cameras=q_cams, exclude_same_camera=True).indices
     assert np.all(cameras[found] != q_cams[:, None]) and np.all(found >= 0)
@@ -140,6 +142,7 @@ def test_bad_input_is_refused_in_one_line(small_gallery, tmp_path):
             features[:1], model_id="sha256:other")  # fmt: skip
     refused("the gallery is empty", GalleryIndex.from_features(np.zeros((0, 4))).search, np.ones(4))
     refused("k=0", index.search, features[:1], 0)
+    refused("depth=0", index.search, features[:1], depth=0)
     refused("needs the queries' cameras", index.search, features[:1], exclude_same_camera=True)
     refused("no approximate index", index.search, features[:1], approximate=True)
     refused("NaN or infinite", index.search, np.full((1, 24), np.nan))
