@@ -178,6 +178,7 @@ class GalleryIndex:
         self.approximate: Approximate | None = None
         self._faiss = None
         self._camera_codes: tuple[dict[str, int], np.ndarray] | None = None
+        self._times: np.ndarray | None = None
 
     @property
     def dim(self) -> int:
@@ -238,7 +239,7 @@ class GalleryIndex:
         added = other.features
         self.features = torch.cat([self.features, added])
         self.rows.extend(other.rows)
-        self._camera_codes = None
+        self._camera_codes = self._times = None
         if self._faiss is not None:
             self._faiss.add(added.numpy())
         logger.info("Gallery now holds %d rows", len(self))
@@ -477,6 +478,12 @@ class GalleryIndex:
             self._camera_codes = (table, np.array([table.get(c, -1) for c in self.rows.camera], dtype=np.int64))
         return self._camera_codes
 
+    def _row_times(self) -> np.ndarray:
+        """(N,) float64 time of each row, NaN where unknown; cached."""
+        if self._times is None:
+            self._times = np.array([math.nan if t is None else t for t in self.rows.time], dtype=np.float64)
+        return self._times
+
     def _search_exact(self, query: torch.Tensor, k: int, excluder: "_Excluder") -> tuple[np.ndarray, np.ndarray]:
         """Blocks of (queries x gallery columns) scores, each block's exact top-k merged into a running top-k."""
         num_query = len(query)
@@ -544,14 +551,17 @@ class _Excluder:
         for name, values in (("cameras", query_cameras), ("times", query_times)):
             if len(values) != num_query:
                 raise InputError(f"{name}: {len(values)} values for {num_query} queries; expected one each")
+        needed = [("camera", query_cameras)] if active else []
+        needed += [("time", query_times)] if window is not None else []
+        for name, values in needed:
+            if None in values:
+                raise InputError(f"query {values.index(None)} has no {name}; the exclusions need every query's {name}")
         return cls(
             active,
             torch.tensor([table.get(c, -2) if c is not None else -1 for c in query_cameras], dtype=torch.int64),
             torch.tensor([math.nan if t is None else t for t in query_times], dtype=torch.float64),
             torch.from_numpy(codes),
-            torch.tensor([math.nan if t is None else t for t in index.rows.time], dtype=torch.float64)
-            if window is not None
-            else torch.zeros(0, dtype=torch.float64),
+            torch.from_numpy(index._row_times()) if window is not None else torch.zeros(0, dtype=torch.float64),
             same_camera,
             window,
         )

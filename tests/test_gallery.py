@@ -144,6 +144,7 @@ def test_bad_input_is_refused_in_one_line(small_gallery, tmp_path):
     refused("k=0", index.search, features[:1], 0)
     refused("depth=0", index.search, features[:1], depth=0)
     refused("needs the queries' cameras", index.search, features[:1], exclude_same_camera=True)
+    refused("query 1 has no camera", index.search, features[:2], cameras=["1", None], exclude_same_camera=True)
     refused("no approximate index", index.search, features[:1], approximate=True)
     refused("NaN or infinite", index.search, np.full((1, 24), np.nan))
     refused("named groups must be among", GalleryIndex.from_features, features, pattern=r"(?P<id>\d+)")
