@@ -54,8 +54,11 @@ INFO_NAME = "index.json"
 FIELDS = ("person", "camera", "frame", "time")
 Approximate = Literal["hnsw", "ivf"]
 APPROXIMATE_KINDS: tuple[str, ...] = ("hnsw", "ivf")
-# Scores per exact-search block (128 MB in float32): bounds memory for any batch and gallery size.
+# Scores per exact-search block (128 MB in float32): bounds memory for any batch and gallery size. A block takes up
+# to 512 queries, so that a large gallery is read from memory once per 512 queries rather than once per few rows
+# (1M x 512-d: 2 GB per read).
 _BLOCK_ENTRIES = 1 << 25
+_BLOCK_QUERIES = 512
 # Approximate search fetches this many times k before exclusions, doubling while too few rows survive.
 _OVERFETCH = 4
 _HNSW_NEIGHBOURS, _HNSW_EF_SEARCH, _HNSW_EF_CONSTRUCTION = 32, 128, 80
@@ -489,7 +492,7 @@ class GalleryIndex:
         num_query = len(query)
         best_scores = torch.full((num_query, 0), -math.inf)
         best_indices = torch.zeros((num_query, 0), dtype=torch.int64)
-        rows_per_block = max(1, min(num_query, _BLOCK_ENTRIES // len(self)))
+        rows_per_block = max(1, min(num_query, _BLOCK_QUERIES, _BLOCK_ENTRIES))
         cols_per_block = max(1, _BLOCK_ENTRIES // rows_per_block)
         out_scores, out_indices = [], []
         for q0 in range(0, num_query, rows_per_block):
