@@ -355,12 +355,13 @@ def _add_embed_command(commands: argparse._SubParsersAction) -> None:
 
 
 def _search_build(args: argparse.Namespace) -> int:
-    from reid_accel.gallery import GalleryIndex
+    from reid_accel.gallery import GalleryIndex, check_pattern
     from reid_accel.hub import load_encoder
     from reid_accel.inference import list_images
 
     if args.output.exists():
         raise ReidAccelError(f"{args.output}: already exists; grow it with `reid-accel search add`")
+    check_pattern(args.pattern)
     files = list_images(args.folder.resolve())
     gallery = GalleryIndex.from_images(
         load_encoder(args.model), files, pattern=args.pattern, batch_size=args.batch_size, device=args.device

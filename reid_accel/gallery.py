@@ -210,7 +210,7 @@ class GalleryIndex:
         """
         features = _as_features(features, "gallery features")
         fields = {"persons": persons, "cameras": cameras, "frames": frames, "times": times}
-        rows = Rows.build(len(features), paths=paths, pattern=_checked_pattern(pattern), **fields)
+        rows = Rows.build(len(features), paths=paths, pattern=check_pattern(pattern), **fields)
         return cls(features, rows, model_id=model_id, pattern=pattern)
 
     @classmethod
@@ -230,7 +230,7 @@ class GalleryIndex:
         ``frame``, ``time``) reads the other fields from it, e.g. ``r"(?P<person>\\d+)_c(?P<camera>\\d+)"``.
         """
         items, paths = _items_and_paths(images)
-        _checked_pattern(pattern)
+        check_pattern(pattern)
         features = embed_images(encoder, items, batch_size=batch_size, device=device, progress=progress)
         index = cls.from_features(features.cpu(), paths=paths, pattern=pattern, model_id=model_identity(encoder))
         logger.info("Gallery of %d crops, %d-d features", len(index), index.dim)
@@ -661,7 +661,8 @@ def _items_and_paths(images: ImageLike | Sequence[ImageLike]) -> tuple[list, lis
     return items, [str(item) if isinstance(item, str | os.PathLike) else "" for item in items]
 
 
-def _checked_pattern(pattern: str | None) -> str | None:
+def check_pattern(pattern: str | None) -> str | None:
+    """The pattern, if it compiles and its named groups are among `FIELDS`; raises `InputError` otherwise."""
     if pattern is None:
         return None
     try:
