@@ -24,6 +24,7 @@ an index that loads. The model's identity is a digest of the encoder's config an
 another model is refused.
 """
 
+import csv
 import dataclasses
 import hashlib
 import json
@@ -137,7 +138,8 @@ class Rows:
 @dataclasses.dataclass(frozen=True)
 class SearchResults:
     """Top-k rows per query. ``indices`` (n, k) int64 gallery rows best first, -1 past the end of what is left;
-    ``scores`` (n, k) float32 cosine similarities (-inf where the index is -1); ``rows`` the gallery's sources."""
+    ``scores`` (n, k) float32 cosine similarities (-inf where the index is -1); ``gallery_rows`` the gallery's sources;
+    ``queries`` (n,) the queries' names."""
 
     indices: np.ndarray
     scores: np.ndarray
@@ -157,8 +159,6 @@ class SearchResults:
 
     def write_csv(self, path: str | os.PathLike) -> Path:
         """The table of `rows` as CSV, written atomically."""
-        import csv
-
         with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=["query", "rank", "score", "row", "path", *FIELDS])
             writer.writeheader()
