@@ -194,7 +194,7 @@ def top_k_gallery(
         raise ReidAccelError(f"query_indices={rows.tolist()}; expected indices into {len(query)} queries")
     dtype = torch.promote_types(query.dtype, gallery.dtype)
     query = _unit_rows(query[rows].to(dtype), "query_features")
-    scores = query @ _unit_rows(gallery.to(dtype), "gallery_features").T  # (n, G)
+    scores = similarity(query, _unit_rows(gallery.to(dtype), "gallery_features"))  # (n, G)
     same_pid = q_pids[rows, None] == g_pids[None, :]  # (n, G)
     excluded = (same_pid & (q_cams[rows, None] == g_cams[None, :])) | (g_pids == JUNK_PID)[None, :]
     # Excluded items sink to the end; the stable sort keeps gallery order among equal scores.
