@@ -1,6 +1,6 @@
 """The `reid-accel` command.
 
-    reid-accel data info NAME ROOT [--subset labeled|detected] [--verify]   # counts per split, checked
+    reid-accel data info NAME ROOT [--subset S] [--option K=V] [--verify]   # counts per split, checked
     reid-accel data synth ROOT --domain {a,b} [--seed N] [--ids N]          # draw a synthetic world
     reid-accel data lookalike NAME ROOT [--official]                        # a fake folder in NAME's layout
     reid-accel train CONFIG [--output-dir DIR] [--resume] [key=value ...]   # train; also via accelerate launch
@@ -14,8 +14,8 @@ Each sub-command is a parser built by an `_add_*` function and a handler `(args)
 `handler` default; handlers import what they need, so `--help` answers without loading torch. Input mistakes
 (`ReidAccelError`, or an `OSError` about a path the user gave) become one line `reid-accel: error: <message>` on
 stderr and exit status 2, never a traceback; argparse's own errors also exit with 2. Anything else is a bug and
-keeps its traceback. Logging is configured
-here, at INFO with a plain format, and nowhere in the library.
+keeps its traceback. The command configures logging, at INFO with a plain format; the library only adds the
+run's `train.log` handler (and raises the package logger to INFO) while a run records.
 """
 
 import argparse
@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 LOG_FORMAT = "%(levelname)s: %(message)s"
 MODEL_HELP = "a save_pretrained folder, a run folder, a checkpoint folder or a Hub repo id"
+RESIZE_HELP = "pil: antialiased, as training (default); opencv: bilinear without antialiasing, as trackers resize"
 SUBSET_HELP = "cuhk03 only: labeled or detected (default: the subset folder ROOT points at, else labeled)"
 
 
@@ -89,9 +90,21 @@ def _print_report(
 def _data_info(args: argparse.Namespace) -> int:
     from reid_accel.data import load_benchmark
 
-    options = {"subset": args.subset} if args.subset is not None else {}
+    options = dict(args.option)
+    if args.subset is not None:
+        options["subset"] = args.subset
     dataset = load_benchmark(args.name, args.root, cache_dir=args.cache_dir, **options)
     return _print_report(args.name, dataset, args.root, options, verify=args.verify)
+
+
+def _option(text: str) -> tuple[str, Any]:
+    """argparse type of `--option KEY=VALUE`: the value read as YAML, as config overrides are."""
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, yaml.safe_load(value)
 
 
 def _data_synth(args: argparse.Namespace) -> int:
@@ -123,10 +136,20 @@ def _add_data_commands(commands: argparse._SubParsersAction) -> None:
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
 
     info = data_commands.add_parser("info", help="images, identities and cameras per split, checked")
-    info.add_argument("name", help="benchmark: market1501, dukemtmc, cuhk03, msmt17, market_style, synthetic, saved")
+    info.add_argument(
+        "name", help="benchmark: market1501, dukemtmc, cuhk03, msmt17, market_style, synthetic, saved, folders, table"
+    )
     info.add_argument("root", type=Path, help="the benchmark folder as extracted")
     info.add_argument("--subset", help=SUBSET_HELP)
     info.add_argument("--verify", action="store_true", help="also decode every image")
+    info.add_argument(
+        "--option",
+        type=_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a benchmark option, e.g. camera_level=2 or test_fraction=0.2 (folders, table); repeatable",
+    )
     info.set_defaults(handler=_data_info)
 
     synth = data_commands.add_parser("synth", help="draw a synthetic world in Market-1501's layout")
@@ -147,6 +170,9 @@ def _add_data_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    wait_policy = _choose_openmp_wait_policy()  # before torch is imported
+    if wait_policy is not None:
+        logger.info("OpenMP: %s", wait_policy)
     import signal
 
     from reid_accel.config import load_config
@@ -171,9 +197,6 @@ def _train(args: argparse.Namespace) -> int:
         return 1
     if not _is_main_process():
         return 0
-    from reid_accel.hub import write_model_card
-
-    write_model_card(result.model_dir, metrics_path=result.output_dir / "metrics.json")
     if result.evaluations:
         last = result.evaluations[-1]
         print(f"{'epoch':>5} {'mAP':>6} {'rank-1':>7} {'rank-5':>7} {'rank-10':>8}   ({cfg.eval_domain.name})")
@@ -205,7 +228,7 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
 def _eval(args: argparse.Namespace) -> int:
     from reid_accel.config import DomainConfig
     from reid_accel.engine.evaluate import evaluate_model
-    from reid_accel.hub import load_encoder
+    from reid_accel.engine.state import load_encoder
 
     options = {"subset": args.subset} if args.subset is not None else {}
     encoder = load_encoder(args.model)
@@ -219,6 +242,7 @@ def _eval(args: argparse.Namespace) -> int:
         rerank=args.rerank,
         ap_mode=args.ap_mode,
         model_reference=str(args.model),
+        resize=args.resize,
     )
     if _is_main_process():
         print(f"{'dataset':<12} {'queries':>7} {'mAP':>6} {'rank-1':>7} {'rank-5':>7} {'rank-10':>8}")
@@ -238,6 +262,7 @@ def _add_eval_command(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--flip", action="store_true", help="average each feature with its mirror image's")
     evaluate.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3)")
     evaluate.add_argument("--ap-mode", choices=("standard", "trapezoid"), default="standard", help="AP convention")
+    evaluate.add_argument("--resize", choices=("pil", "opencv"), default="pil", help=RESIZE_HELP)
     evaluate.add_argument("--output-dir", type=Path, help="write metrics.json, features and pictures here")
     evaluate.add_argument("--batch-size", type=_count(1), default=256, help="images per forward pass (default 256)")
     evaluate.add_argument("--num-workers", type=_count(0), default=4, help="image decoding processes (default 4)")
@@ -245,9 +270,9 @@ def _add_eval_command(commands: argparse._SubParsersAction) -> None:
 
 
 def _push(args: argparse.Namespace) -> int:
-    from reid_accel.hub import push_model
+    from reid_accel.hub import push_to_hub
 
-    url = push_model(args.path, repo_id=args.repo_id, private=args.private, revision=args.revision)
+    url = push_to_hub(args.path, repo_id=args.repo_id, private=args.private, revision=args.revision)
     print(url)
     return 0
 
@@ -271,13 +296,13 @@ def _batch_size_or_dynamic(text: str) -> int | None:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from reid_accel.engine.state import load_encoder
     from reid_accel.errors import ExportError
     from reid_accel.export import dataset_images, export_encoder, validate_export
-    from reid_accel.hub import load_encoder
 
     if (args.dataset is None) != (args.root is None):
         raise ExportError("--dataset and --root go together (real images to check the exported model on)")
-    validate_export(args.format, args.output, batch=args.batch)
+    validate_export(args.format, args.output, batch=args.batch, input_norm=args.input_norm)
     encoder = load_encoder(args.model)
     options = {"subset": args.subset} if args.subset is not None else {}
     images = dataset_images(encoder, args.dataset, args.root, options=options) if args.dataset else None
@@ -289,12 +314,14 @@ def _export(args: argparse.Namespace) -> int:
         half=args.half,
         images=images,
         tolerance=args.tolerance,
+        input_norm=args.input_norm,
     )
     on_images = f", {len(images)} real images {report.image_diff:.2e}" if images is not None else ""
     print(
         f"max abs difference from PyTorch: random input {report.random_diff:.2e}{on_images} (tolerance {report.tolerance:.0e})"
     )
-    print(f"wrote {report.path} and {report.metadata_path}")
+    written = [report.path, report.metadata_path, report.tracker_metadata_path]
+    print(f"wrote {', '.join(str(path) for path in written if path is not None)}")
     return 0
 
 
@@ -303,12 +330,22 @@ def _add_export_command(commands: argparse._SubParsersAction) -> None:
     export.add_argument("model", help=MODEL_HELP)
     export.add_argument("--format", required=True, choices=("onnx", "torchscript", "exported-program"))
     export.add_argument(
-        "--output", required=True, type=Path, help="file to write (.onnx, .pt, .pt2); PATH.json beside"
+        "--output",
+        required=True,
+        type=Path,
+        help="file to write (.onnx, .torchscript, .pt2); PATH.json and, for trackers, PATH.metadata.json beside",
     )
     export.add_argument(
         "--batch", type=_batch_size_or_dynamic, default=1, help="batch size the file takes, or 'dynamic' (default 1)"
     )
     export.add_argument("--half", action="store_true", help="float16 weights (float32 in and out)")
+    export.add_argument(
+        "--input-norm",
+        choices=("model", "imagenet"),
+        default="model",
+        help="the input's mean/std: the model's own (default), or ImageNet's as trackers (BoxMOT) feed it; "
+        "for a tracker: --input-norm imagenet --batch dynamic, .onnx or .torchscript",
+    )
     export.add_argument("--dataset", help="also check on query images of this benchmark (with --root)")
     export.add_argument("--root", type=Path, help="the benchmark folder as extracted")
     export.add_argument("--subset", help="cuhk03 only: labeled (default) or detected")
@@ -321,7 +358,7 @@ def _add_export_command(commands: argparse._SubParsersAction) -> None:
 def _embed(args: argparse.Namespace) -> int:
     import torch
 
-    from reid_accel.hub import load_encoder
+    from reid_accel.engine.state import load_encoder
     from reid_accel.inference import embed_images, list_images, save_embeddings
 
     files = list_images(args.folder)
@@ -335,6 +372,7 @@ def _embed(args: argparse.Namespace) -> int:
         autocast_dtype=dtype,
         flip=args.flip,
         progress=True,
+        resize=args.resize,
     )
     names = [path.relative_to(args.folder).as_posix() for path in files]
     save_embeddings(args.output, features, names, encoder=encoder, model=str(args.model))
@@ -351,12 +389,18 @@ def _add_embed_command(commands: argparse._SubParsersAction) -> None:
     embed.add_argument("--device", help="e.g. cuda, cuda:1, cpu (default: cuda when available)")
     embed.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32", help="autocast")
     embed.add_argument("--flip", action="store_true", help="add each image's mirror image's feature")
+    embed.add_argument(
+        "--resize",
+        choices=("pil", "opencv"),
+        default="pil",
+        help=RESIZE_HELP,
+    )
     embed.set_defaults(handler=_embed)
 
 
 def _search_build(args: argparse.Namespace) -> int:
+    from reid_accel.engine.state import load_encoder
     from reid_accel.gallery import GalleryIndex, check_pattern
-    from reid_accel.hub import load_encoder
     from reid_accel.inference import list_images
 
     if args.output.exists():
@@ -374,8 +418,8 @@ def _search_build(args: argparse.Namespace) -> int:
 
 
 def _search_add(args: argparse.Namespace) -> int:
+    from reid_accel.engine.state import load_encoder
     from reid_accel.gallery import GalleryIndex
-    from reid_accel.hub import load_encoder
     from reid_accel.inference import list_images
 
     gallery = GalleryIndex.load(args.gallery)
@@ -391,8 +435,8 @@ def _search_add(args: argparse.Namespace) -> int:
 
 
 def _search_query(args: argparse.Namespace) -> int:
+    from reid_accel.engine.state import load_encoder
     from reid_accel.gallery import GalleryIndex
-    from reid_accel.hub import load_encoder
     from reid_accel.inference import list_images
 
     gallery = GalleryIndex.load(args.gallery)
@@ -532,7 +576,6 @@ def main(argv: list[str] | None = None) -> int:
     Args:
         argv: the arguments after the program name; default `sys.argv[1:]`.
     """
-    wait_policy = _choose_openmp_wait_policy()
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)
@@ -544,8 +587,6 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:  # argparse exits 2 on bad arguments, 0 after --help
         return exit_.code if isinstance(exit_.code, int) else 0
     logging.basicConfig(level=logging.INFO if _is_main_process() else logging.WARNING, format=LOG_FORMAT)
-    if wait_policy is not None:
-        logger.info("OpenMP: %s", wait_policy)
     try:
         return args.handler(args)
     except ReidAccelError as err:

@@ -41,6 +41,11 @@ def _load_yaml(text: str) -> Any:
 
 
 ERASING_RATIO_RULES = ("linear", "log")
+NEIGHBOUR_MODES = ("camera_aware", "camera_agnostic")
+METHOD_NAMES = ("cail", "camera_proxy")  # the names `reid_accel.methods.METHODS` registers, one per method file
+OPTIMIZERS = ("sgd", "adam")
+PROXY_KINDS = ("camera", "cluster")
+PROXY_UPDATES = ("sequential", "hardest")
 
 
 @dataclass
@@ -89,28 +94,45 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """The encoder: a timm backbone with last-stride surgery and a BNNeck."""
+    """The encoder: a timm backbone with last-stride surgery and a BNNeck.
+
+    `pooling`: "avg" (the backbone's own) or "gem" (generalised mean with a trainable exponent, CNNs only).
+    `init_from` starts from a saved reid-accel model instead (a model folder or a Hub repo id, loaded strictly):
+    its own config then decides the architecture, and `backbone`, `pretrained`, `pretrained_path`, `last_stride`
+    and `pooling` are not used. The domain-adaptive clustering recipes start from a source-trained model this way.
+    """
 
     backbone: str = "resnet50.tv_in1k"
     pretrained: bool = True
     pretrained_path: str | None = None
     last_stride: int = 1
+    pooling: str = "avg"
+    init_from: str | None = None
     channels_last: bool = False
     compile: bool = False
 
 
 @dataclass
-class ObjectiveConfig:
-    """Loss terms and their schedule; epochs are 1-based and a term is on once `epoch > *_start_epoch`.
+class MethodConfig:
+    """Which training method runs: its settings are its own section (`objective` for "cail")."""
 
+    name: str = "cail"
+
+
+@dataclass
+class ObjectiveConfig:
+    """The "cail" method: loss terms and their schedule; epochs are 1-based and a term is on once
+    `epoch > *_start_epoch`.
+
+    `neighbour_mode`: "camera_aware" (intra- and inter-camera losses) or the "camera_agnostic" ablation.
     `mixup_lambda_per`: "global" draws one mixup weight per optimizer step; "group" one per BatchNorm group, as
     the original drew one per GPU.
     """
 
     target_branch: bool = True
-    neighbor_mode: int = 1
+    neighbour_mode: str = "camera_aware"
     scale: float = 10.0
-    neighbor_eps: float = 0.8
+    neighbour_eps: float = 0.8
     intra_start_epoch: int = 10
     intra_weight: float = 1.0
     inter_start_epoch: int = 30
@@ -124,9 +146,49 @@ class ObjectiveConfig:
 
 
 @dataclass
-class OptimConfig:
-    """SGD with two parameter groups (pretrained backbone, new layers) and a multi-step schedule."""
+class CameraProxyConfig:
+    """The "camera_proxy" method: re-cluster the target every epoch, contrast each image with a proxy memory.
 
+    Defaults are O2CAP's recipe (CLUSTERING-METHODS.md): k-reciprocal Jaccard distances (`k1`, `k2`), DBSCAN
+    (`eps`, `min_samples`), one proxy per (cluster, camera) (`proxies: camera`), offline + online association
+    losses at `temperature`, memory rows moved to `normalise(memory_momentum m + (1 - memory_momentum) x)` after
+    every step, batches of `data.batch_size / images_per_proxy` proxies x `images_per_proxy` images,
+    `steps_per_epoch` steps an epoch. `proxies: cluster` is plain cluster contrast (one centroid per cluster,
+    cross-entropy over all centroids), its recipe being `eps` 0.6, `k1` 30, `temperature` 0.05, `memory_momentum`
+    0.1, `memory_update: hardest` and `cross_camera: true` (each proxy's other images drawn from other cameras).
+    A proxy with fewer than `images_per_proxy` images gives all of them and then repeats some (O2CAP's rule).
+    The method trains on `data.target` alone (`data.source` is not read); `train.neighbour_diagnostics` adds the
+    clusters' purity against the identities the folder carries (never used for training).
+    """
+
+    proxies: str = "camera"
+    k1: int = 20
+    k2: int = 6
+    eps: float = 0.5
+    min_samples: int = 4
+    images_per_proxy: int = 4
+    steps_per_epoch: int = 400
+    cross_camera: bool = False
+    temperature: float = 0.07
+    memory_momentum: float = 0.2
+    memory_update: str = "sequential"
+    offline_weight: float = 1.0
+    online_weight: float = 1.0
+    num_negatives: int = 50
+    online_positives: int = 3
+    online_self_weight: float = 0.15
+
+
+@dataclass
+class OptimConfig:
+    """SGD or Adam with two parameter groups (pretrained backbone, new layers) and a multi-step schedule.
+
+    `momentum` is SGD's (Adam keeps its default betas). With `warmup_epochs` w > 0 the learning rates of epoch e
+    (1-based) are scaled by `warmup_factor + (1 - warmup_factor) (e - 1) / w` while e <= w, as the clustering
+    recipes warm up (0.01 over 10 epochs).
+    """
+
+    optimizer: str = "sgd"
     lr_backbone: float = 0.01
     lr_new: float = 0.05
     momentum: float = 0.9
@@ -134,6 +196,8 @@ class OptimConfig:
     epochs: int = 70
     milestones: list[int] = field(default_factory=lambda: [60])
     gamma: float = 0.1
+    warmup_epochs: int = 0
+    warmup_factor: float = 0.01
 
 
 @dataclass
@@ -170,7 +234,9 @@ class ExperimentConfig:
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    camera_proxy: CameraProxyConfig = field(default_factory=CameraProxyConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -228,9 +294,12 @@ RULES = {
     "model.backbone": NON_EMPTY,
     "model.pretrained_path": EXISTING_FILE,
     "model.last_stride": _choice(1, 2),
-    "objective.neighbor_mode": _choice(0, 1),
+    "model.pooling": _choice("avg", "gem"),
+    "model.init_from": NON_EMPTY,
+    "method.name": _choice(*METHOD_NAMES),
+    "objective.neighbour_mode": _choice(*NEIGHBOUR_MODES),
     "objective.scale": POSITIVE,
-    "objective.neighbor_eps": PROBABILITY,
+    "objective.neighbour_eps": PROBABILITY,
     "objective.intra_start_epoch": NON_NEGATIVE,
     "objective.intra_weight": NON_NEGATIVE,
     "objective.inter_start_epoch": NON_NEGATIVE,
@@ -240,12 +309,30 @@ RULES = {
     "objective.mixup_start_epoch": NON_NEGATIVE,
     "objective.mixup_alpha": POSITIVE,
     "objective.mixup_lambda_per": _choice("global", "group"),
+    "camera_proxy.proxies": _choice(*PROXY_KINDS),
+    "camera_proxy.k1": POSITIVE,
+    "camera_proxy.k2": POSITIVE,
+    "camera_proxy.eps": _number("a number in (0, 1] (Jaccard distances lie in [0, 1])", lambda v: 0 < v <= 1),
+    "camera_proxy.min_samples": _number("an integer >= 2 (1 makes every image a cluster)", lambda v: v >= 2),
+    "camera_proxy.images_per_proxy": POSITIVE,
+    "camera_proxy.steps_per_epoch": POSITIVE,
+    "camera_proxy.temperature": POSITIVE,
+    "camera_proxy.memory_momentum": MOMENTUM,
+    "camera_proxy.memory_update": _choice(*PROXY_UPDATES),
+    "camera_proxy.offline_weight": NON_NEGATIVE,
+    "camera_proxy.online_weight": NON_NEGATIVE,
+    "camera_proxy.num_negatives": POSITIVE,
+    "camera_proxy.online_positives": POSITIVE,
+    "camera_proxy.online_self_weight": PROBABILITY,
+    "optim.optimizer": _choice(*OPTIMIZERS),
     "optim.lr_backbone": NON_NEGATIVE,
     "optim.lr_new": NON_NEGATIVE,
     "optim.momentum": MOMENTUM,
     "optim.weight_decay": NON_NEGATIVE,
     "optim.epochs": POSITIVE,
     "optim.gamma": POSITIVE,
+    "optim.warmup_epochs": NON_NEGATIVE,
+    "optim.warmup_factor": _number("a number in (0, 1]", lambda v: 0 < v <= 1),
     "train.seed": SEED,
     "train.mixed_precision": _choice("no", "fp16", "bf16"),
     "train.output_dir": NON_EMPTY,
@@ -274,11 +361,32 @@ def _check_values(cfg: ExperimentConfig) -> None:
         domain = getattr(cfg.data, name)
         for key, rule in DOMAIN_RULES.items() if domain is not None else ():
             _check(f"data.{name}.{key}", getattr(domain, key), rule)
+    if cfg.method.name == "camera_proxy":
+        _check_camera_proxy(cfg)
     milestones = cfg.optim.milestones
     if any(not 1 <= m <= cfg.optim.epochs for m in milestones) or milestones != sorted(set(milestones)):
         raise ConfigError(
             f"optim.milestones: expected increasing epochs within 1..{cfg.optim.epochs} (optim.epochs), got {milestones}"
         )
+
+
+def _check_camera_proxy(cfg: ExperimentConfig) -> None:
+    """The rules of the "camera_proxy" method that relate keys."""
+    c = cfg.camera_proxy
+    if cfg.data.target is None:
+        raise ConfigError("data.target: the camera_proxy method clusters data.target's train split; set it")
+    if cfg.data.batch_size % c.images_per_proxy:
+        raise ConfigError(
+            f"camera_proxy.images_per_proxy: {c.images_per_proxy} does not divide data.batch_size="
+            f"{cfg.data.batch_size} into whole proxies"
+        )
+    if cfg.data.bn_batch_size is not None and cfg.data.bn_batch_size % c.images_per_proxy:
+        raise ConfigError(
+            f"camera_proxy.images_per_proxy: {c.images_per_proxy} does not divide data.bn_batch_size="
+            f"{cfg.data.bn_batch_size}: a BatchNorm group must hold whole proxies"
+        )
+    if c.k2 > c.k1:
+        raise ConfigError(f"camera_proxy.k2: {c.k2} exceeds camera_proxy.k1={c.k1} (query expansion within the k1-NN)")
 
 
 def _convert(value: Any, annotation: Any, key: str) -> Any:
@@ -329,6 +437,25 @@ def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+# Keys renamed since configs were first written, and the values they took: old files keep loading.
+RENAMED_KEYS = {("objective", "neighbor_mode"): "neighbour_mode", ("objective", "neighbor_eps"): "neighbour_eps"}
+RENAMED_VALUES = {("objective", "neighbour_mode"): {0: "camera_agnostic", 1: "camera_aware"}}
+
+
+def _upgrade_renamed(tree: dict[str, Any]) -> None:
+    """Move old spellings of keys (and values) to the current ones, in place; both spellings at once is an error."""
+    for (section, old), new in RENAMED_KEYS.items():
+        node = tree.get(section)
+        if isinstance(node, dict) and old in node:
+            if new in node:
+                raise ConfigError(f"{section}.{old}: renamed to {section}.{new}; give only one of them")
+            node[new] = node.pop(old)
+    for (section, key), values in RENAMED_VALUES.items():
+        node = tree.get(section)
+        if isinstance(node, dict) and type(node.get(key)) is int and node[key] in values:
+            node[key] = values[node[key]]
+
+
 def _apply_override(tree: dict[str, Any], override: str) -> None:
     """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (`0.02`, `[40, 60]`, `null`, `fp16`)."""
     key, sep, raw = override.partition("=")
@@ -339,6 +466,7 @@ def _apply_override(tree: dict[str, Any], override: str) -> None:
     except yaml.YAMLError as err:
         raise ConfigError(f"override {override!r}: value is not valid YAML ({err.problem})") from None
     *parents, leaf = key.split(".")
+    leaf = RENAMED_KEYS.get((".".join(parents), leaf), leaf)
     node = tree
     for part in parents:
         child = node.setdefault(part, {})
@@ -369,8 +497,10 @@ def load_config(path: str | os.PathLike | None, overrides: typing.Sequence[str] 
             raise ConfigError(f"{path}: not valid YAML ({err})".replace("\n", " ")) from None
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+        _upgrade_renamed(tree)
     for override in overrides:
         _apply_override(tree, override)
+    _upgrade_renamed(tree)
     try:
         return _build(ExperimentConfig, tree)
     except ConfigError as err:

@@ -5,6 +5,14 @@ normalised with its mean and std, in; (N, D) float32 L2-normalised features out.
 metadata (ONNX `metadata_props`, a `reid_accel.json` extra file in TorchScript and ExportedProgram archives) and
 in a JSON file beside it (`PATH.json`), which survives conversions such as a TensorRT engine build.
 
+Trackers feed re-ID files a fixed preprocessing: BoxMOT (BoT-SORT, StrongSORT, Deep OC-SORT) resizes each crop
+with OpenCV's bilinear to the file's input size and normalises it with ImageNet's mean and std whatever the model
+was trained with. `input_norm="imagenet"` makes the file take that input: the change from ImageNet's mean/std to
+the model's own is folded into the graph as one per-channel multiply-add (nothing at all for an ImageNet model).
+Beside every ONNX and TorchScript file goes BoxMOT's sidecar, `PATH.metadata.json`, holding the input size (BoxMOT
+reads a TorchScript file's size from it only); names BoxMOT misreads (it picks the runtime by suffix alone) are
+refused for tracker files and warned about otherwise.
+
 Before a file is written it is loaded back with its own runtime (onnxruntime for ONNX) and run on random input
 (at another batch size when the batch is dynamic) and, when given, on real images; if its features differ from
 eager PyTorch's in float32 by more than the tolerance, nothing is written and `ExportError` says by how much.
@@ -25,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor, nn
 
 from reid_accel.data import ReIDImageDataset, build_transform, load_benchmark
@@ -41,6 +50,9 @@ METADATA_FILE = "reid_accel.json"  # inside TorchScript / ExportedProgram archiv
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 5e-3}  # max abs difference of L2-normalised features
 DYNAMIC_CHECK_BATCH = 3  # a dynamic-batch file is traced at batch 2 and checked at another size
 ONNX_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx")
+INPUT_NORMS = ("model", "imagenet")  # the file takes pixels normalised with the model's mean/std, or ImageNet's
+TRACKER_SIDECAR = ".metadata.json"  # BoxMOT's metadata file, `PATH.metadata.json`
+TRACKER_SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript"}  # the suffixes BoxMOT reads each format by
 
 
 class EmbeddingModule(nn.Module):
@@ -48,16 +60,34 @@ class EmbeddingModule(nn.Module):
 
     With `dtype=torch.float16` the weights are half precision and the input is cast inside, so callers always
     hand over and receive float32.
+
+    With `input_norm="imagenet"` the input is normalised with ImageNet's mean/std and the step to the model's own
+    is the first operation, `x * (std_in / std) + (mean_in - mean) / std` per channel; for a model trained with
+    ImageNet's mean/std it is left out, so the graph is the same as with `input_norm="model"`.
     """
 
-    def __init__(self, encoder: ReIDEncoder, *, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, encoder: ReIDEncoder, *, dtype: torch.dtype = torch.float32, input_norm: str = "model") -> None:
         super().__init__()
         self.encoder = copy.deepcopy(encoder).cpu().to(dtype)
         self.dtype = dtype
+        mean, std = torch.tensor(encoder.mean), torch.tensor(encoder.std)
+        in_mean, in_std = input_statistics(encoder, input_norm)
+        self.renormalize = (in_mean, in_std) != (encoder.mean, encoder.std)
+        self.register_buffer("scale", (torch.tensor(in_std) / std)[:, None, None], persistent=False)  # (3, 1, 1)
+        self.register_buffer("shift", ((torch.tensor(in_mean) - mean) / std)[:, None, None], persistent=False)
         self.eval()
 
     def forward(self, pixel_values: Tensor) -> Tensor:
+        if self.renormalize:
+            pixel_values = pixel_values * self.scale + self.shift  # (N, 3, H, W), now in the model's normalisation
         return self.encoder.embed(pixel_values.to(self.dtype))  # (N, D)
+
+
+def input_statistics(encoder: ReIDEncoder, input_norm: str) -> tuple[list[float], list[float]]:
+    """The mean and std an exported file's input is normalised with: the model's own, or ImageNet's."""
+    if input_norm == "imagenet":
+        return list(IMAGENET_DEFAULT_MEAN), list(IMAGENET_DEFAULT_STD)
+    return encoder.mean, encoder.std
 
 
 @dataclass(frozen=True)
@@ -66,12 +96,15 @@ class ExportReport:
 
     path: Path
     metadata_path: Path
+    tracker_metadata_path: Path | None
     random_diff: float
     image_diff: float | None
     tolerance: float
 
 
-def export_metadata(encoder: ReIDEncoder, *, fmt: str, batch: int | None, dtype: torch.dtype) -> dict:
+def export_metadata(
+    encoder: ReIDEncoder, *, fmt: str, batch: int | None, dtype: torch.dtype, input_norm: str = "model"
+) -> dict:
     """The preprocessing and interface of an exported file, for whoever feeds it.
 
     Args:
@@ -79,8 +112,10 @@ def export_metadata(encoder: ReIDEncoder, *, fmt: str, batch: int | None, dtype:
         fmt: one of `FORMATS`.
         batch: the fixed batch size, or None for a dynamic one.
         dtype: the precision of the weights.
+        input_norm: one of `INPUT_NORMS`; `mean` and `std` are what the file's input is normalised with.
     """
     height, width = encoder.input_size
+    mean, std = input_statistics(encoder, input_norm)
     return {
         "format": fmt,
         "input_name": INPUT_NAME,
@@ -89,8 +124,9 @@ def export_metadata(encoder: ReIDEncoder, *, fmt: str, batch: int | None, dtype:
         "preprocessing": f"RGB, resized to {height}x{width} (bilinear, aspect ratio not kept), / 255, "
         "then (x - mean) / std per channel",
         "input_size": [height, width],
-        "mean": encoder.mean,
-        "std": encoder.std,
+        "mean": mean,
+        "std": std,
+        "input_norm": input_norm,
         "output_name": OUTPUT_NAME,
         "output": f"(batch, {encoder.feature_dim}) float32, L2-normalised: rank by dot product",
         "feature_dim": encoder.feature_dim,
@@ -191,15 +227,33 @@ RUNNERS = {"onnx": _run_onnx, "torchscript": _run_torchscript, "exported-program
 RUNTIME_MODULES = {"onnx": ("onnx", "onnxscript", "onnxruntime"), "torchscript": (), "exported-program": ()}
 
 
-def validate_export(fmt: str, output: str | os.PathLike, *, batch: int | None) -> None:
+def tracker_name_problem(fmt: str, output: str | os.PathLike) -> str | None:
+    """Why BoxMOT would misread this file, or None: it picks the runtime from the suffix alone, so a TorchScript
+    file named `.pt` is taken for a PyTorch checkpoint, and an exported program is no format of its."""
+    if fmt not in TRACKER_SUFFIXES:
+        return f"--format {fmt}: trackers (BoxMOT) read {' and '.join(TRACKER_SUFFIXES)} files only"
+    if Path(output).suffix != TRACKER_SUFFIXES[fmt]:
+        return f"--output {output}: BoxMOT reads a {fmt} file by its suffix {TRACKER_SUFFIXES[fmt]}; name it so"
+    return None
+
+
+def validate_export(fmt: str, output: str | os.PathLike, *, batch: int | None, input_norm: str = "model") -> None:
     """Refuse an export request that cannot succeed, before any model is loaded.
 
+    A name BoxMOT misreads is refused for a tracker file (`input_norm="imagenet"`); `export_encoder` warns about
+    it otherwise.
+
     Raises:
-        ExportError: unknown format, a .pt2 archive not named so, a batch size below 1, or the format's runtime
-            not installed.
+        ExportError: unknown format or input normalisation, a .pt2 archive not named so, a batch size below 1,
+            a tracker file BoxMOT would misread, or the format's runtime not installed.
     """
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if input_norm not in INPUT_NORMS:
+        raise ExportError(f"--input-norm {input_norm!r}: expected one of {', '.join(INPUT_NORMS)}")
+    problem = tracker_name_problem(fmt, output)
+    if problem is not None and input_norm == "imagenet":
+        raise ExportError(problem)
     if fmt == "exported-program" and Path(output).suffix != ".pt2":
         raise ExportError(f"--output {output}: an exported program is a .pt2 archive, name it so (torch.export.load)")
     if batch is not None and batch < 1:
@@ -210,7 +264,9 @@ def validate_export(fmt: str, output: str | os.PathLike, *, batch: int | None) -
 
 
 @torch.no_grad()
-def _max_diff(run: Callable[[Tensor], Tensor], reference: ReIDEncoder, inputs: Tensor, batch: int | None) -> float:
+def _max_diff(
+    run: Callable[[Tensor], Tensor], reference: Callable[[Tensor], Tensor], inputs: Tensor, batch: int | None
+) -> float:
     """Largest |exported - eager float32| feature difference over `inputs`, fed in batches the file accepts."""
     size = len(inputs) if batch is None else batch
     worst = 0.0
@@ -218,7 +274,7 @@ def _max_diff(run: Callable[[Tensor], Tensor], reference: ReIDEncoder, inputs: T
         chunk = inputs[start : start + size]  # (b, 3, H, W)
         padded = torch.cat([chunk, chunk[-1:].expand(size - len(chunk), *chunk.shape[1:])])  # (size, 3, H, W)
         got = run(padded)[: len(chunk)].float()
-        worst = max(worst, (got - reference.embed(chunk)).abs().max().item())
+        worst = max(worst, (got - reference(chunk)).abs().max().item())
     return worst
 
 
@@ -232,18 +288,23 @@ def export_encoder(
     images: Tensor | None = None,
     tolerance: float | None = None,
     seed: int = 0,
+    input_norm: str = "model",
 ) -> ExportReport:
     """Export `encoder.embed` to `output` after checking the exported file against eager PyTorch.
 
     Args:
         encoder: the model to export (left unchanged; a CPU copy is exported).
-        output: the file to write; its metadata goes to `output` + ".json" beside it.
+        output: the file to write; its metadata goes to `output` + ".json" beside it, and for ONNX and
+            TorchScript BoxMOT's to `output` + ".metadata.json".
         fmt: "onnx", "torchscript" or "exported-program".
         batch: the batch size the file takes, or None for any (a dynamic batch dimension).
         half: float16 weights (float32 input and output).
-        images: (M, 3, H, W) preprocessed real images to check on too (e.g. from `dataset_images`).
+        images: (M, 3, H, W) real images preprocessed with the model's mean and std, to check on too (e.g. from
+            `dataset_images`).
         tolerance: the largest accepted feature difference; default `TOLERANCE` of the precision.
         seed: seeds the random check input.
+        input_norm: "model" (the file takes pixels normalised with the model's mean/std) or "imagenet" (with
+            ImageNet's, as trackers feed them: the file for BoxMOT).
 
     Returns:
         The paths written and the differences measured.
@@ -252,20 +313,28 @@ def export_encoder(
         ExportError: unknown format, a missing runtime, or a file whose features differ beyond the tolerance (then
             nothing is written).
     """
-    validate_export(fmt, output, batch=batch)
+    validate_export(fmt, output, batch=batch, input_norm=input_norm)
+    problem = tracker_name_problem(fmt, output)
+    if problem is not None and fmt in TRACKER_SUFFIXES:
+        logger.warning("%s (for use in a tracker)", problem)
+    if input_norm == "imagenet" and batch is not None:
+        logger.warning("--batch %d: trackers embed all crops of a frame at once; --batch dynamic suits them", batch)
     height, width = encoder.input_size
     if images is not None and tuple(images.shape[1:]) != (3, height, width):
         raise ExportError(f"check images have shape {tuple(images.shape)}, expected (M, 3, {height}, {width})")
     dtype = torch.float16 if half else torch.float32
     tolerance = TOLERANCE[dtype] if tolerance is None else tolerance
     output = Path(output)
-    metadata = export_metadata(encoder, fmt=fmt, batch=batch, dtype=dtype)
-    reference = copy.deepcopy(encoder).cpu().float().eval()
+    metadata = export_metadata(encoder, fmt=fmt, batch=batch, dtype=dtype, input_norm=input_norm)
+    module = EmbeddingModule(encoder, dtype=dtype, input_norm=input_norm)
+    reference = EmbeddingModule(encoder, input_norm=input_norm)  # eager, float32
+    if images is not None and module.renormalize:  # checked as the file will be fed them: ImageNet-normalised
+        images = (images.cpu() - reference.shift) / reference.scale  # (M, 3, H, W)
     generator = torch.Generator().manual_seed(seed)
     example = torch.randn(2 if batch is None else batch, 3, height, width, generator=generator)
     check = torch.randn(DYNAMIC_CHECK_BATCH if batch is None else batch, 3, height, width, generator=generator)
     with atomic_path(output) as tmp:
-        WRITERS[fmt](EmbeddingModule(encoder, dtype=dtype), example, tmp, dynamic=batch is None, metadata=metadata)
+        WRITERS[fmt](module, example, tmp, dynamic=batch is None, metadata=metadata)
         run = RUNNERS[fmt](tmp)
         random_diff = _max_diff(run, reference, check, batch)
         image_diff = _max_diff(run, reference, images.cpu(), batch) if images is not None else None
@@ -278,5 +347,15 @@ def export_encoder(
             )
         metadata_path = output.with_name(output.name + ".json")
         write_json_atomic(metadata_path, metadata)
+        tracker_path = None
+        if fmt in TRACKER_SUFFIXES:
+            tracker_path = output.with_name(output.name + TRACKER_SIDECAR)
+            write_json_atomic(tracker_path, tracker_metadata(encoder))
     logger.info("Exported %s to %s (max abs difference %.2e)", fmt, output, worst)
-    return ExportReport(output, metadata_path, random_diff, image_diff, tolerance)
+    return ExportReport(output, metadata_path, tracker_path, random_diff, image_diff, tolerance)
+
+
+def tracker_metadata(encoder: ReIDEncoder) -> dict:
+    """BoxMOT's sidecar: the input size, without a model name (BoxMOT then uses the file as it is)."""
+    height, width = encoder.input_size
+    return {"schema_version": 1, "model_kwargs_schema_version": 1, "model_kwargs": {"img_size": [height, width]}}

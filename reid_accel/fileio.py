@@ -14,6 +14,7 @@ import functools
 import json
 import os
 import shutil
+import stat
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -99,9 +100,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _hidden_sibling(path, path.suffix or ".tmp")
     with _naming(path):
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # 0o666 minus the umask, like `open`
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 minus the umask, like `open`
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        os.close(fd)
     try:
         yield tmp
+        # Writers that replace the file by their own temporary copy (safetensors' `save_file`) leave it 0o600.
+        os.chmod(tmp, mode)
         _fsync_file(tmp)
         os.replace(tmp, path)
     finally:
@@ -136,6 +141,26 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     _fsync_directory(path.parent)
+
+
+def share_as_umask(folder: str | os.PathLike) -> None:
+    """Give every file below `folder` the permissions a plain `open` gets under the umask.
+
+    For folders filled by writers that bypass `atomic_path` (accelerate's `save_state` writes the weights with
+    safetensors, which renames its own 0o600 temporary file into place).
+    """
+    folder = Path(folder)
+    probe = _hidden_sibling(folder / "umask", ".probe")
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+    finally:
+        os.close(fd)
+        probe.unlink()
+    for parent, _, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):  # a writer's temporary file, renamed meanwhile
+                os.chmod(Path(parent, name), mode)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -45,7 +45,7 @@ from reid_accel.errors import InputError
 from reid_accel.fileio import atomic_path, write_json_atomic
 from reid_accel.inference import ImageLike, _as_list, embed_images
 from reid_accel.metrics.product import similarity
-from reid_accel.metrics.ranking import _unit_rows
+from reid_accel.metrics.ranking import unit_rows
 from reid_accel.modeling import ReIDEncoder
 
 logger = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ class GalleryIndex:
             raise InputError(f"gallery features have shape {tuple(features.shape)}; expected (num_items, dim)")
         if len(rows) != len(features):
             raise InputError(f"{len(features)} gallery features but {len(rows)} rows; expected one row each")
-        self.features = _unit_rows(features, "gallery features")
+        self.features = unit_rows(features, "gallery features")
         self.rows = rows
         self.model_id = model_id
         self.pattern = pattern
@@ -317,7 +317,7 @@ class GalleryIndex:
             logger.warning("k=%d but the gallery holds %d rows: every row is returned", k, len(self))
         if window is not None and not (window >= 0):
             raise InputError(f"window={window!r}; expected a time span >= 0")
-        query = _unit_rows(query, "query features")
+        query = unit_rows(query, "query features")
         excluder = _Excluder.build(self, len(query), cameras, times, exclude_same_camera, window)
         if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
             raise InputError(f"depth={depth!r}; expected a positive whole number")

@@ -8,6 +8,14 @@ one appearance descriptor per detection:
 
 Every input becomes a PIL RGB image and goes through `build_transform` with the size, mean and std recorded in the
 encoder's config, then `ReIDEncoder.embed`: the pipeline evaluation uses, so features match `reid-accel eval`'s.
+`resize="opencv"` resizes as trackers do (OpenCV's bilinear, no antialiasing), so features match theirs.
+
+A tracker watching several cameras embeds all their detections at once:
+
+    per_frame = embed_detections(encoder, frames, boxes_per_frame, device="cuda")   # [(N_i, D), ...]
+
+Crops are cut from each frame, sent to the device as uint8 and resized there (OpenCV's way), with no PIL image per
+crop, and every camera's crops share the forward passes.
 """
 
 import json
@@ -21,16 +29,18 @@ import numpy as np
 import PIL.Image
 import torch
 from safetensors.torch import save_file
+from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
 from reid_accel.data import build_transform, decode_image
+from reid_accel.data.benchmarks.identity_folders import IMAGE_SUFFIXES
+from reid_accel.data.transforms import RESIZE_MODES
 from reid_accel.errors import InputError
 from reid_accel.fileio import atomic_path
 from reid_accel.modeling import ReIDEncoder
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 ImageLike = str | os.PathLike | PIL.Image.Image | np.ndarray | torch.Tensor
 
 
@@ -95,6 +105,7 @@ def embed_images(
     bgr: bool = False,
     flip: bool = False,
     progress: bool = False,
+    resize: str = "pil",
 ) -> torch.Tensor:
     """L2-normalised re-ID features of person images, as evaluation computes them.
 
@@ -108,15 +119,18 @@ def embed_images(
         bgr: arrays and tensors are in OpenCV's BGR order.
         flip: add each image's mirror image's feature before normalising (as `reid-accel eval --flip`).
         progress: show a progress bar.
+        resize: "pil" (antialiased, as training and evaluation) or "opencv" (bilinear without antialiasing, as
+            trackers resize crops: compare with a tracker's features in this mode).
 
     Returns:
         (N, D) float32 on `device`, rows in input order; (0, D) for no images.
     """
+    _check_resize(resize)
     if device is not None:
         encoder.to(device)
     device = next(encoder.parameters()).device
     height, width = encoder.input_size
-    transform = build_transform(height, width, mean=encoder.mean, std=encoder.std)
+    transform = build_transform(height, width, mean=encoder.mean, std=encoder.std, resize=resize)
     items = _as_list(images)
     was_training = encoder.training
     encoder.eval()
@@ -128,6 +142,79 @@ def embed_images(
             features.append(encoder.embed(pixels, flip=flip))  # (b, D)
     encoder.train(was_training)
     return torch.cat(features)
+
+
+def _check_resize(resize: str) -> None:
+    if resize not in RESIZE_MODES:
+        raise InputError(f"resize={resize!r}: expected one of {', '.join(RESIZE_MODES)}")
+
+
+@torch.no_grad()
+def embed_detections(
+    encoder: ReIDEncoder,
+    frames: Sequence[np.ndarray],
+    boxes: Sequence[Sequence[Sequence[float]] | np.ndarray],
+    *,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    bgr: bool = True,
+) -> list[torch.Tensor]:
+    """Features of the detections of several frames (several cameras, or several time steps) in shared batches.
+
+    Each detection is cut as `crop_boxes` cuts it, copied to the device as uint8 and resized there with bilinear
+    interpolation without antialiasing (`embed_images(..., resize="opencv")`, within one grey level), then
+    normalised with the encoder's mean and std: no PIL image per crop, and all frames' crops share the batches.
+
+    Args:
+        encoder: the model; switched to eval mode for the call and moved to `device` when one is given.
+        frames: F frames, each (H_f, W_f, 3) `uint8` (sizes may differ between cameras).
+        boxes: F arrays of boxes (N_f, 4) (x1, y1, x2, y2) in pixels, one per frame; N_f may be 0.
+        batch_size: crops per forward pass, whatever frame they come from.
+        device: where crops are resized and embedded; default the encoder's device.
+        autocast_dtype: `torch.float16` or `torch.bfloat16` runs the forward passes under autocast.
+        bgr: the frames are in OpenCV's BGR order (the default, as video readers give them).
+
+    Returns:
+        F tensors (N_f, D) float32 on `device`, L2-normalised, rows in box order.
+
+    Raises:
+        InputError: frames and boxes of different lengths, or a frame or box `crop_boxes` refuses.
+    """
+    if len(frames) != len(boxes):
+        raise InputError(f"{len(frames)} frames but {len(boxes)} box arrays; expected one box array per frame")
+    crops = [crop_boxes(frame, frame_boxes) for frame, frame_boxes in zip(frames, boxes, strict=True)]
+    if device is not None:
+        encoder.to(device)
+    device = next(encoder.parameters()).device
+    height, width = encoder.input_size
+    mean = torch.tensor(encoder.mean, device=device)[:, None, None]  # (3, 1, 1)
+    std = torch.tensor(encoder.std, device=device)[:, None, None]
+    flat = [crop for frame_crops in crops for crop in frame_crops]
+    was_training = encoder.training
+    encoder.eval()
+    features = [torch.zeros(0, encoder.feature_dim, device=device)]
+    for start in range(0, len(flat), batch_size):
+        pixels = torch.stack(
+            [resize_crop(crop, height, width, device=device) for crop in flat[start : start + batch_size]]
+        )  # (b, 3, H, W) uint8, the frames' channel order
+        if bgr:
+            pixels = pixels.flip(1)
+        pixels = (pixels.float().div_(255) - mean) / std
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            features.append(encoder.embed(pixels).float())  # (b, D)
+    encoder.train(was_training)
+    return list(torch.cat(features).split([len(frame_crops) for frame_crops in crops]))
+
+
+def resize_crop(crop: np.ndarray, height: int, width: int, *, device: torch.device) -> torch.Tensor:
+    """One (h, w, 3) uint8 crop as a (3, height, width) uint8 tensor on `device`, resized there.
+
+    The pixels stay in (h, w, 3) memory order (a channels-last view): torch's uint8 bilinear kernel is fast on that
+    layout and over 10x slower on a channels-first copy, so channels are reordered after the resize, not before.
+    """
+    pixels = torch.from_numpy(np.ascontiguousarray(crop)).to(device).permute(2, 0, 1)  # (3, h, w) view
+    return TF.resize(pixels, [height, width], antialias=False)
 
 
 def crop_boxes(frame: np.ndarray, boxes: Sequence[Sequence[float]] | np.ndarray) -> list[np.ndarray]:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from reid_accel.config import load_config
-from reid_accel.engine.train import Run, setup
+from reid_accel.engine.train import Run, embed, setup
 
 
 def interleaved_timings(fns: dict[str, Callable[[], None]], repeats: int) -> dict[str, tuple[float, float]]:
@@ -54,7 +54,9 @@ def every_term_epoch(run: Run) -> int:
 
 
 def training_batches(run: Run, count: int) -> list[dict[str, torch.Tensor]]:
-    """The first `count` batches of the run's epoch 2, decoded once, so timed steps measure the step alone."""
+    """The first `count` batches of the run's epoch 2 (prepared by the method: a clustering method clusters),
+    decoded once, so timed steps measure the step alone."""
+    run.method.before_epoch(2, start_step=0, embed=lambda dataset: embed(run, dataset))
     run.sampler.set_epoch(2)
     batches = []
     for batch in run.train_loader:

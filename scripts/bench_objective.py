@@ -34,7 +34,7 @@ from bench_common import build_run, every_term_epoch, interleaved_timings, table
 
 from reid_accel.engine.train import train_step
 from reid_accel.modeling import ExemplarMemory
-from reid_accel.objectives import camera_aware_neighborhood_loss
+from reid_accel.objectives import camera_aware_neighbourhood_loss
 
 SCALES = {"msmt17": (32621, 15), "market1501": (12936, 6)}
 
@@ -95,7 +95,7 @@ def bench_target_branch(name: str, args: argparse.Namespace) -> list[str]:
     def ours():
         x.grad = None
         sim = F.normalize(x, dim=1) @ memory.features.T  # (B, N)
-        intra, inter = camera_aware_neighborhood_loss(sim, camids, memory.camids, slots, scale=10.0, eps=0.8)
+        intra, inter = camera_aware_neighbourhood_loss(sim, camids, memory.camids, slots, scale=10.0, eps=0.8)
         (intra + 0.5 * inter).backward()
         memory.update(x.detach(), slots, 0.6)
 

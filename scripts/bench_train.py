@@ -13,9 +13,12 @@ whole steps for each precision, reporting images/s and peak memory. `layout` tim
 each `data.bn_batch_size` (`--bn`), interleaved: a smaller BN group runs as several micro-batches with gradient
 accumulation. `ratio` times the run's `train_step` against the bare step of the same network on the same (already
 augmented) images: forward, cross-entropy, backward and SGD, nothing else; their throughput ratio is what the
-method's own work (augmentation, the target branch, the memory, logging) costs. `breakdown` runs `train_step` under
+method's own work (augmentation, the target branch or the proxy losses, the memory, logging) costs; for a
+clustering method the bare step classifies the images' true identities, and the epoch's clustering (once per
+epoch, not per step) is timed by `scripts/bench_cluster.py`. `breakdown` runs `train_step` under
 torch's profiler and reports the time inside each of the step's labelled ranges (`reid_accel.*`: augmentation,
-forward, objective with the target branch and its neighbour diagnostics inside, backward, optimizer, memory update).
+forward, objective with the target branch and its neighbour diagnostics inside, backward, optimizer, and the
+method's state update, i.e. the memory).
 """
 
 import argparse
@@ -110,6 +113,13 @@ def bench_layouts(args: argparse.Namespace) -> list[str]:
     return table_rows(f"one step of {runs[args.bn[0]].layout.global_batch} images", timings, names[args.bn[0]], 1e-3)
 
 
+def num_classes(run, batches: list[dict[str, torch.Tensor]]) -> int:
+    """Classes of the bare step's cross-entropy: the run's source classifier's, else the identities the batches hold
+    (a clustering method trains without labels; the bare step only needs a classifier of that size)."""
+    classifier = getattr(run.accelerator.unwrap_model(run.network), "classifier", None)
+    return classifier.out_features if classifier is not None else int(max(b["pid"].max() for b in batches)) + 1
+
+
 def bench_ratio(args: argparse.Namespace) -> list[str]:
     """The run's `train_step` against the bare step on the same sequence of batches, alternating step by step."""
     run = build_run(args.config, args.overrides)
@@ -123,8 +133,9 @@ def bench_ratio(args: argparse.Namespace) -> list[str]:
             input_size=encoder.input_size,
             mean=encoder.mean,
             std=encoder.std,
+            pooling=encoder.pooling,
         ),
-        run.accelerator.unwrap_model(run.network).classifier.out_features,
+        num_classes(run, batches),
     ).to(device)
     optimizer = torch.optim.SGD(bare.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     augmented = [  # the bare step gets the images already augmented, as the step would augment them

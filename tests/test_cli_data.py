@@ -225,3 +225,18 @@ def test_openmp_threads_sleep_only_when_the_cores_are_shared(monkeypatch):
     monkeypatch.setattr(cli, "_busy_cores", lambda: 1.0)
     assert "sleep" in cli._choose_openmp_wait_policy() and os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
     assert cli._choose_openmp_wait_policy() is None, "a policy already set is kept"
+
+
+def test_only_train_looks_at_what_the_cores_are_doing(monkeypatch, tmp_path, capsys):
+    """The 0.2 s /proc/stat sample serves the training loop's threads; --help and the other commands skip it."""
+    from reid_accel import cli
+
+    sampled = []
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr(cli, "_busy_cores", lambda: sampled.append(1) or 0.1)
+    assert main(["--help"]) == 0 and main(["train", "--help"]) == 0
+    assert main(["push", str(tmp_path / "absent"), "--repo-id", "me/model"]) == 2
+    assert not sampled
+    assert main(["train", str(tmp_path / "absent.yaml")]) == 2  # the config is read after the choice
+    assert sampled == [1]
+    assert "absent.yaml: config file not found" in capsys.readouterr().err

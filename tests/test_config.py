@@ -12,7 +12,7 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"
 def test_defaults_are_the_published_recipe():
     cfg = ExperimentConfig()
     assert (cfg.optim.lr_backbone, cfg.optim.lr_new, cfg.optim.epochs, cfg.optim.milestones) == (0.01, 0.05, 70, [60])
-    assert (cfg.objective.scale, cfg.objective.neighbor_eps, cfg.objective.mixup_alpha) == (10.0, 0.8, 0.6)
+    assert (cfg.objective.scale, cfg.objective.neighbour_eps, cfg.objective.mixup_alpha) == (10.0, 0.8, 0.6)
     assert (cfg.objective.intra_start_epoch, cfg.objective.inter_start_epoch) == (10, 30)
     assert (cfg.data.batch_size, cfg.model.last_stride, cfg.model.backbone) == (256, 1, "resnet50.tv_in1k")
 
@@ -46,7 +46,7 @@ def test_dotted_overrides_are_typed():
         ("optim.lr_backbon=0.1", "optim.lr_backbon: unknown key"),
         ("optim.lr_backbone=fast", "optim.lr_backbone: expected float, got 'fast'"),
         ("data.batch_size=0", "data.batch_size: expected a number > 0, got 0"),
-        ("objective.neighbor_eps=1.5", "objective.neighbor_eps: expected a number in [0, 1], got 1.5"),
+        ("objective.neighbour_eps=1.5", "objective.neighbour_eps: expected a number in [0, 1], got 1.5"),
         ("objective.scale=.nan", "objective.scale: expected a number > 0, got nan"),
         ("optim.milestones=[60, 40]", "optim.milestones: expected increasing epochs within 1..70 (optim.epochs)"),
         ("objective.mixup=1", "objective.mixup: expected bool, got 1"),
@@ -89,3 +89,16 @@ def test_only_true_and_false_are_booleans():
     assert cfg.train.mixed_precision == "no" and cfg.objective.mixup is False
     with pytest.raises(ConfigError, match="objective.mixup: expected bool, got 'yes'"):
         load_config(None, ["objective.mixup=yes"])
+
+
+def test_old_spellings_of_renamed_keys_still_load(tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text("objective:\n  neighbor_mode: 0\n  neighbor_eps: 0.7\n")
+    cfg = load_config(old)
+    assert (cfg.objective.neighbour_mode, cfg.objective.neighbour_eps) == ("camera_agnostic", 0.7)
+    assert load_config(None, ["objective.neighbor_mode=1"]).objective.neighbour_mode == "camera_aware"
+    assert load_config(old, ["objective.neighbour_mode=camera_aware"]).objective.neighbour_mode == "camera_aware"
+    both = tmp_path / "both.yaml"
+    both.write_text("objective:\n  neighbor_eps: 0.7\n  neighbour_eps: 0.8\n")
+    with pytest.raises(ConfigError, match="objective.neighbor_eps: renamed to objective.neighbour_eps"):
+        load_config(both)

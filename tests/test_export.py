@@ -11,6 +11,7 @@ from reid_accel import export
 from reid_accel.cli import main
 from reid_accel.export import export_encoder
 from reid_accel.generators.lookalike import write_market1501
+from reid_accel.hub import from_pretrained, save_pretrained
 from reid_accel.modeling import ReIDEncoder
 
 
@@ -21,7 +22,7 @@ def model_dir(tmp_path_factory):
     with torch.no_grad():
         encoder.neck.running_mean.normal_()
     folder = tmp_path_factory.mktemp("model")
-    encoder.save_pretrained(folder)
+    save_pretrained(encoder, folder)
     return folder
 
 
@@ -35,7 +36,7 @@ def test_onnx_with_a_dynamic_batch_matches_pytorch_and_carries_the_preprocessing
 
     session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
     metadata = {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
-    encoder = ReIDEncoder.from_pretrained(model_dir)
+    encoder = from_pretrained(model_dir)
     assert metadata["input_size"] == [64, 32] and metadata["mean"] == encoder.mean and metadata["std"] == encoder.std
     assert metadata["input_shape"] == ["batch", 3, 64, 32] and metadata["feature_dim"] == 96
     assert json.loads((tmp_path / "reid.onnx.json").read_text()) == metadata
@@ -54,7 +55,7 @@ def test_a_vit_exports_to_onnx_at_a_fixed_batch(tmp_path):
 
 
 def test_half_precision_is_checked_on_the_cpu(model_dir, tmp_path):
-    encoder = ReIDEncoder.from_pretrained(model_dir)
+    encoder = from_pretrained(model_dir)
     report = export_encoder(encoder, tmp_path / "half.onnx", fmt="onnx", half=True)
     assert 0 < report.random_diff < export.TOLERANCE[torch.float16]
     session = onnxruntime.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])
@@ -64,7 +65,7 @@ def test_half_precision_is_checked_on_the_cpu(model_dir, tmp_path):
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_torchscript_and_exported_program_carry_their_metadata(model_dir, tmp_path):
-    encoder = ReIDEncoder.from_pretrained(model_dir)
+    encoder = from_pretrained(model_dir)
     x = torch.randn(1, 3, 64, 32)
     script = export_encoder(encoder, tmp_path / "reid.pt", fmt="torchscript").path
     files = {export.METADATA_FILE: ""}

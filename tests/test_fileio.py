@@ -3,6 +3,8 @@ import os
 import stat
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from reid_accel import fileio
 from reid_accel.fileio import atomic_directory, atomic_path, write_json_atomic, write_text_atomic
@@ -49,6 +51,21 @@ def test_a_replaced_file_takes_the_umask_not_its_old_mode(tmp_path, umask):
     target.chmod(0o600)
     write_text_atomic(target, "new")
     assert (target.read_text(), mode(target)) == ("new", 0o644)
+
+
+@pytest.mark.parametrize(("mask", "file_mode"), [(0o022, 0o644), (0o027, 0o640)])
+def test_writers_that_rename_their_own_temporary_file_still_follow_the_umask(tmp_path, umask, mask, file_mode):
+    umask(mask)
+    with atomic_path(tmp_path / "ours.safetensors") as tmp:
+        save_file({"x": torch.zeros(2)}, tmp)  # safetensors renames its own 0o600 temporary file over `tmp`
+    save_file({"x": torch.zeros(2)}, tmp_path / "theirs.safetensors")
+    (tmp_path / "inner").mkdir()
+    save_file({"x": torch.zeros(2)}, tmp_path / "inner" / "deeper.safetensors")
+    assert mode(tmp_path / "ours.safetensors") == file_mode
+    assert mode(tmp_path / "theirs.safetensors") == 0o600, "safetensors' own mode, which share_as_umask corrects"
+    fileio.share_as_umask(tmp_path)
+    assert [mode(tmp_path / n) for n in ("theirs.safetensors", "inner/deeper.safetensors")] == [file_mode] * 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["inner", "ours.safetensors", "theirs.safetensors"]
 
 
 def test_an_error_mid_write_keeps_the_previous_content_and_leaves_no_temporary(tmp_path):

@@ -12,6 +12,7 @@ from reid_accel import gallery as gallery_module
 from reid_accel.cli import main
 from reid_accel.errors import InputError, ReidAccelError
 from reid_accel.gallery import GalleryIndex, model_identity
+from reid_accel.hub import save_pretrained
 from reid_accel.modeling import ReIDEncoder
 
 PATTERN = r"cam(?P<camera>\d+)/p(?P<person>\d+)_t(?P<time>\d+(?:\.\d+)?)"
@@ -204,7 +205,7 @@ def test_images_in_images_out_and_another_model_is_refused(encoder, tmp_path):
 
 
 def test_the_search_command_builds_grows_and_queries_a_gallery(encoder, tmp_path, capsys):
-    encoder.save_pretrained(tmp_path / "model")
+    save_pretrained(encoder, tmp_path / "model")
     write_crops(tmp_path / "day1", 6, seed=1)
     query = write_crops(tmp_path / "day2", 4, seed=2)[1]
     model, gallery = str(tmp_path / "model"), str(tmp_path / "gallery")

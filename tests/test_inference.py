@@ -16,6 +16,7 @@ from reid_accel.data.hf import column_values
 from reid_accel.engine.evaluate import extract_embeddings
 from reid_accel.errors import InputError
 from reid_accel.generators.lookalike import write_market1501
+from reid_accel.hub import save_pretrained
 from reid_accel.inference import crop_boxes, embed_images, list_images, to_pil
 from reid_accel.modeling import ReIDEncoder
 
@@ -129,7 +130,7 @@ def test_crop_boxes_cuts_clips_and_refuses_degenerate_boxes():
 
 
 def test_embed_command_writes_features_and_paths(encoder, photo, tmp_path, capsys):
-    encoder.save_pretrained(tmp_path / "model")
+    save_pretrained(encoder, tmp_path / "model")
     folder = tmp_path / "crops"
     (folder / "cam1").mkdir(parents=True)
     PIL.Image.fromarray(photo).save(folder / "cam1" / "x.png")

@@ -1,6 +1,8 @@
-"""The package's imports point down the data flow: ground floor -> config -> leaves -> engine -> cli.
+"""The package's imports point down the data flow: ground floor -> config -> leaves -> methods, card -> hub -> engine ->
+cli.
 
-Leaves (data, modeling, objectives, metrics) never import one another, so each can be built and tested alone. A
+Leaves (data, modeling, objectives, metrics) never import one another, so each can be built and tested alone.
+`clustering` sits just above the leaves (it reuses the k-reciprocal encoding of `metrics`) and below the methods. A
 package whose modules sit on different floors (`generators`) lists each module.
 """
 
@@ -13,10 +15,21 @@ PACKAGE = Path(__file__).resolve().parents[1] / "reid_accel"
 
 LEAVES = ("data", "modeling", "objectives", "metrics")
 LAYER = (
-    {"errors": 0, "fileio": 1, "seeding": 1, "layout": 1, "config": 2, "generators.synthetic": 2}
+    {"errors": 0, "fileio": 1, "seeding": 1, "layout": 1, "folders": 1, "config": 2, "generators.synthetic": 2}
     | dict.fromkeys(LEAVES, 3)
-    | {"generators.lookalike": 4, "engine": 4, "hub": 4, "inference": 4, "export": 4, "gallery": 5}
-    | {"cli": 6, "train": 7}
+    | {"clustering": 3.5}
+    | {
+        "generators.lookalike": 4,
+        "methods": 4,
+        "inference": 4,
+        "export": 4,
+        "card": 4,
+        "hub": 5,
+        "gallery": 5,
+        "engine": 6,
+        "cli": 7,
+        "train": 8,
+    }
 )
 
 

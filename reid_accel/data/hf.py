@@ -11,7 +11,8 @@ image names, and the names, sizes and modification times of the other files such
 parsed again; an unchanged one is memory-mapped from the cache. A cache entry is written to a hidden sibling
 folder and renamed into place, so processes starting together never read a half-written entry (the training
 engine additionally builds it on the main process first). Entries of superseded listings are not deleted: a
-cache folder can be removed at any time. This is the only module that imports `datasets`.
+cache folder can be removed at any time. This is the only module of the data layer that imports `datasets`
+(the other is the shipped `evaluate` metric module, `metrics/reid_ranking`).
 """
 
 import hashlib
@@ -23,13 +24,14 @@ from typing import Any
 
 import PIL.Image
 import pyarrow as pa
+import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, DatasetInfo, Features, Image, NamedSplit, Value, load_from_disk
 from datasets import config as datasets_config
 from datasets.arrow_writer import ArrowWriter
 
 from reid_accel.data.benchmarks import check_root, get_benchmark, split_options
 from reid_accel.data.benchmarks.market_style import IMAGE_SUFFIXES
-from reid_accel.data.records import SPLIT_NAMES, ImageRecord, Split, SplitStats
+from reid_accel.data.records import NO_CAMERA, SPLIT_NAMES, ImageRecord, Split, SplitStats
 from reid_accel.errors import DatasetLayoutError
 from reid_accel.fileio import atomic_directory
 
@@ -159,7 +161,14 @@ def load_benchmark(
         logger.info("Parsed %s at %s (%s) in %.1f s", canonical, root, sizes, time.perf_counter() - start)
     else:
         logger.info("Loaded %s at %s from the cache %s", canonical, root, entry)
-    return _read_cache(entry, canonical)
+    dataset = _read_cache(entry, canonical)
+    if pc.max(dataset["query"].data.column("camid")).as_py() == NO_CAMERA:
+        logger.warning(
+            "%s at %s records no cameras: evaluation counts same-camera matches, camera-aware training is off",
+            canonical,
+            root,
+        )
+    return dataset
 
 
 def load_saved(root: Path) -> DatasetDict:

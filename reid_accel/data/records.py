@@ -10,11 +10,14 @@ from dataclasses import dataclass
 from typing import Any
 
 SPLIT_NAMES = ("train", "query", "gallery")
+NO_CAMERA = (
+    -1
+)  # the camid of every image of a dataset that records no cameras (ranking then keeps same-camera matches)
 
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One image: its absolute path, the person id written in its name and its 0-based camera id."""
+    """One image: its absolute path, its person id and its 0-based camera id (`NO_CAMERA` where none is known)."""
 
     path: str
     pid: int
@@ -40,7 +43,7 @@ class Split:
 
 @dataclass(frozen=True)
 class SplitStats:
-    """Size of one split: images, distinct person ids and distinct cameras."""
+    """Size of one split: images, distinct person ids and distinct cameras (0 when none is recorded)."""
 
     images: int
     identities: int
@@ -50,7 +53,7 @@ class SplitStats:
     def of(cls, pids: Iterable[int], camids: Iterable[int]) -> "SplitStats":
         """Count a split from its pid and camid columns (two sequences of equal length)."""
         pids, camids = list(pids), list(camids)
-        return cls(images=len(pids), identities=len(set(pids)), cameras=len(set(camids)))
+        return cls(images=len(pids), identities=len(set(pids)), cameras=len(set(camids) - {NO_CAMERA}))
 
 
 def compare_stats(measured: Mapping[str, SplitStats], official: Mapping[str, SplitStats]) -> list[str]:
@@ -84,6 +87,8 @@ class Benchmark:
             for benchmarks whose `parse` has a `subset` option.
         prepare: `prepare(root, *, <options>)`, run before the folder is read (the synthetic worlds draw themselves).
         notice: a line logged as a warning whenever the benchmark is loaded (a withdrawn dataset's terms).
+        has_cameras: `has_cameras(root, *, <parse options>) -> bool`, whether a parse will record cameras, answered
+            without parsing; None for benchmarks that always do.
     """
 
     title: str
@@ -92,6 +97,7 @@ class Benchmark:
     subset_of: Callable[[Any, str | None], str] | None = None
     prepare: Callable[..., None] | None = None
     notice: str | None = None
+    has_cameras: Callable[..., bool] | None = None
 
     @property
     def stored(self) -> bool:

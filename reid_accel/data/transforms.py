@@ -20,6 +20,7 @@ from torchvision.transforms import v2
 
 from reid_accel.config import ERASING_RATIO_RULES
 
+RESIZE_MODES = ("pil", "opencv")
 PAD_FILL = 127
 ERASING_SCALE = (0.02, 0.25)
 ERASING_RATIO = (0.3, 3.3)
@@ -27,7 +28,13 @@ ERASING_ATTEMPTS = 10
 
 
 def build_transform(
-    height: int, width: int, *, mean: Sequence[float] = (), std: Sequence[float] = (), normalize: bool = True
+    height: int,
+    width: int,
+    *,
+    mean: Sequence[float] = (),
+    std: Sequence[float] = (),
+    normalize: bool = True,
+    resize: str = "pil",
 ) -> v2.Compose:
     """Deterministic pipeline from a PIL RGB image to a (3, height, width) tensor.
 
@@ -37,8 +44,16 @@ def build_transform(
         mean: per-channel mean of the backbone's pretraining (from its timm config).
         std: per-channel standard deviation, likewise.
         normalize: float32 normalised with mean/std (test time); False leaves uint8 for `BatchAugmentation`.
+        resize: one of `RESIZE_MODES`: "pil", PIL's antialiased bilinear (training and evaluation), or "opencv",
+            bilinear without antialiasing on the uint8 pixels, as trackers resize crops with OpenCV's INTER_LINEAR
+            (within one grey level of it).
     """
-    steps = [v2.Resize((height, width)), v2.ToImage()]
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize={resize!r}: expected one of {', '.join(RESIZE_MODES)}")
+    if resize == "pil":
+        steps = [v2.Resize((height, width)), v2.ToImage()]
+    else:
+        steps = [v2.ToImage(), v2.Resize((height, width), antialias=False)]
     if normalize:
         steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
     return v2.Compose([*steps, v2.ToPureTensor()])

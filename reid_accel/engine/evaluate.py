@@ -19,6 +19,7 @@ from reid_accel.config import DomainConfig
 from reid_accel.data import ReIDImageDataset, build_transform, load_benchmark
 from reid_accel.data.benchmarks import check_domain
 from reid_accel.fileio import atomic_path, write_json_atomic
+from reid_accel.folders import EvaluationFolder
 from reid_accel.metrics import rank_metrics, rank_metrics_from_distance, rerank_distance, top_k_gallery
 from reid_accel.metrics.visualize import plot_cmc, plot_rank_list
 
@@ -104,8 +105,11 @@ def evaluate_model(
     rerank: bool = False,
     ap_mode: str = "standard",
     model_reference: str = "",
+    resize: str = "pil",
 ) -> dict:
     """Evaluate an encoder on a benchmark's query/gallery split, as `reid-accel eval` does.
+
+    `resize="opencv"` resizes as trackers do (bilinear without antialiasing; see `build_transform`).
 
     With `output_dir`, the main process writes `metrics.json`, `features.safetensors` (features, pids, camids,
     and the image paths in the metadata), `cmc.png` and `rank_list.png` (the last two need matplotlib).
@@ -118,7 +122,7 @@ def evaluate_model(
     with accelerator.local_main_process_first():
         splits = load_benchmark(dataset.name, dataset.resolved_root(), **dataset.options)
     height, width = encoder.input_size
-    transform = build_transform(height, width, mean=encoder.mean, std=encoder.std)
+    transform = build_transform(height, width, mean=encoder.mean, std=encoder.std, resize=resize)
     query_set, gallery_set = (ReIDImageDataset(splits[name], transform) for name in ("query", "gallery"))
     query_loader, gallery_loader = (
         DataLoader(images, batch_size=batch_size, num_workers=num_workers) for images in (query_set, gallery_set)
@@ -134,15 +138,15 @@ def evaluate_model(
         ap_mode=ap_mode,
     )
     settings = {"dataset": dataset.name, "root": str(dataset.resolved_root()), "model": model_reference}
-    settings |= {"flip": flip, "rerank": rerank}  # the AP convention comes with the metrics
+    settings |= {"flip": flip, "rerank": rerank, "resize": resize}  # the AP convention comes with the metrics
     if output_dir is not None and accelerator.is_main_process:
-        write_evaluation(Path(output_dir), metrics, settings, query, gallery, query_set, gallery_set)
+        write_evaluation(EvaluationFolder(Path(output_dir)), metrics, settings, query, gallery, query_set, gallery_set)
     accelerator.wait_for_everyone()
     return {**metrics, **settings}
 
 
 def write_evaluation(
-    output_dir: Path,
+    folder: EvaluationFolder,
     metrics: dict,
     settings: dict,
     query: Embeddings,
@@ -152,9 +156,9 @@ def write_evaluation(
 ) -> None:
     """Write the evaluation's files atomically; pictures only when matplotlib is installed."""
     paths = {"query": query_set.paths, "gallery": gallery_set.paths}
-    output_dir.mkdir(parents=True, exist_ok=True)
+    folder.root.mkdir(parents=True, exist_ok=True)
     summary = {k: v.tolist() if hasattr(v, "tolist") else v for k, v in metrics.items()}
-    write_json_atomic(output_dir / "metrics.json", {**summary, **settings})
+    write_json_atomic(folder.metrics, {**summary, **settings})
     tensors = {
         "query_features": query.features.contiguous(),
         "query_pids": query.pids.contiguous(),
@@ -163,10 +167,10 @@ def write_evaluation(
         "gallery_pids": gallery.pids.contiguous(),
         "gallery_camids": gallery.camids.contiguous(),
     }
-    with atomic_path(output_dir / "features.safetensors") as tmp:
+    with atomic_path(folder.features) as tmp:
         save_file(tensors, tmp, metadata={f"{split}_paths": json.dumps(p) for split, p in paths.items()})
     try:
-        plot_cmc(metrics["cmc"], output_dir / "cmc.png", title=f"CMC on {settings['dataset']}")
+        plot_cmc(metrics["cmc"], folder.cmc, title=f"CMC on {settings['dataset']}")
         shown = list(range(min(4, len(query.features))))
         ranked, matches = top_k_gallery(
             query.features,
@@ -184,7 +188,7 @@ def write_evaluation(
             matches,
             [int(query.camids[i]) for i in shown],
             gallery.camids.tolist(),
-            output_dir / "rank_list.png",
+            folder.rank_list,
             num_queries=len(shown),
         )
     except ImportError:

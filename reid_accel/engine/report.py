@@ -1,4 +1,4 @@
-"""What a run leaves for people to read: `metrics.json`, `history.json`, `train.log`, `training_curves.png`.
+"""What a run leaves for people to read: the metrics, the loss history, the log and the training curves.
 
 Only the main process records. Every file is rewritten atomically after each change, so a run killed at any
 moment leaves the last complete version behind, and a resumed run carries on the same files.
@@ -15,11 +15,14 @@ from typing import Any
 import torch
 
 from reid_accel.fileio import atomic_path, write_json_atomic, write_text_atomic
+from reid_accel.folders import RunFolder
+from reid_accel.methods.camera_proxy import DIAGNOSTIC_PREFIX as CLUSTER_PREFIX
 from reid_accel.objectives import NEIGHBOUR_PREFIX
 
 logger = logging.getLogger(__name__)
 
 METRIC_KEYS = ("mAP", "rank1", "rank5", "rank10")
+CLUSTER_SHARES = ("fraction", "purity", "rand_index")  # those of them that are shares in [0, 1]
 PACKAGES = ("reid-accel", "torch", "torchvision", "timm", "accelerate", "datasets", "huggingface_hub", "safetensors")
 
 
@@ -54,49 +57,41 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 class RunRecorder:
     """Keeps the run's records on disk: per-epoch loss averages and the evaluations, with config and run info."""
 
-    def __init__(self, output_dir: str | Path, *, config: dict[str, Any], run_info: dict[str, Any]) -> None:
-        self.output_dir = Path(output_dir)
+    def __init__(self, folder: RunFolder, *, config: dict[str, Any], run_info: dict[str, Any]) -> None:
+        self.folder = folder
         self.config = config
         self.run_info = run_info
         self.evaluations: list[dict[str, Any]] = []
         self.history: list[dict[str, Any]] = []
         self._log_handler: logging.Handler | None = None
 
-    @property
-    def metrics_path(self) -> Path:
-        return self.output_dir / "metrics.json"
-
-    @property
-    def history_path(self) -> Path:
-        return self.output_dir / "history.json"
-
     def flat_config(self) -> dict[str, Any]:
         """The config as flat `section.key` scalars, the form trackers accept as hyper-parameters."""
         return _flatten(self.config)
 
     def start(self, *, resumed: bool, config_yaml: str) -> None:
-        """Open `train.log`, write the resolved config, and reload earlier records when resuming."""
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        """Open the log, write the resolved config, and reload earlier records when resuming."""
+        self.folder.root.mkdir(parents=True, exist_ok=True)
         package_logger = logging.getLogger("reid_accel")
         if package_logger.getEffectiveLevel() > logging.INFO:
             package_logger.setLevel(logging.INFO)
-        self._log_handler = logging.FileHandler(self.output_dir / "train.log")
+        self._log_handler = logging.FileHandler(self.folder.log)
         self._log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         package_logger.addHandler(self._log_handler)
-        write_text_atomic(self.output_dir / "config.yaml", config_yaml)
+        write_text_atomic(self.folder.config, config_yaml)
         if resumed:
-            if self.metrics_path.is_file():
-                self.evaluations = json.loads(self.metrics_path.read_text())["evaluations"]
-            if self.history_path.is_file():
-                self.history = json.loads(self.history_path.read_text())
+            if self.folder.metrics.is_file():
+                self.evaluations = json.loads(self.folder.metrics.read_text())["evaluations"]
+            if self.folder.history.is_file():
+                self.history = json.loads(self.folder.history.read_text())
         self._write_metrics()
 
     def record_epoch(self, epoch: int, losses: dict[str, float]) -> None:
         self.history = [h for h in self.history if h["epoch"] != epoch] + [{"epoch": epoch, **losses}]
-        write_json_atomic(self.history_path, self.history)
+        write_json_atomic(self.folder.history, self.history)
 
     def record_evaluation(self, epoch: int, metrics: dict[str, Any]) -> None:
-        """Append one evaluation (fractions) to `metrics.json`, replacing an earlier one of the same epoch.
+        """Append one evaluation (fractions) to the metrics, replacing an earlier one of the same epoch.
 
         `metrics` is the dict of `rank_metrics`; the entry keeps its AP convention (`ap_mode`) beside the numbers.
         """
@@ -108,13 +103,13 @@ class RunRecorder:
 
     def _write_metrics(self) -> None:
         write_json_atomic(
-            self.metrics_path, {"evaluations": self.evaluations, "run": self.run_info, "config": self.config}
+            self.folder.metrics, {"evaluations": self.evaluations, "run": self.run_info, "config": self.config}
         )
 
     def finish(self) -> None:
-        """Draw `training_curves.png` when matplotlib is installed (the `viz` extra) and close `train.log`."""
+        """Draw the training curves when matplotlib is installed (the `viz` extra) and close the log."""
         try:
-            plot_training_curves(self.history, self.evaluations, self.output_dir / "training_curves.png")
+            plot_training_curves(self.history, self.evaluations, self.folder.curves)
         except ImportError:
             logger.warning("matplotlib is not installed: no training_curves.png (pip install 'reid-accel[viz]')")
         if self._log_handler is not None:
@@ -122,35 +117,21 @@ class RunRecorder:
             self._log_handler.close()
 
 
-def describe_neighbours(averages: dict[str, float]) -> str | None:
-    """One log line of the epoch's neighbour diagnostics (None when there are none), e.g.
-    `intra: precision 0.62, recall 0.35, 2.1 per row, 8 % of rows without; inter: ...`."""
-    groups = dict.fromkeys(
-        k[len(NEIGHBOUR_PREFIX) :].split("_")[0] for k in averages if k.startswith(NEIGHBOUR_PREFIX)
-    )
-    parts = []
-    for group in groups:
-        value = {k.split("_", 1)[1]: v for k, v in averages.items() if k.startswith(f"{NEIGHBOUR_PREFIX}{group}_")}
-        parts.append(
-            f"{group}: precision {value['precision']:.2f}, recall {value['recall']:.2f}, "
-            f"{value['neighbours']:.1f} per row, {100 * value['empty']:.0f} % of rows without"
-        )
-    return "; ".join(parts) or None
-
-
 def plot_training_curves(history: list[dict[str, Any]], evaluations: list[dict[str, Any]], path: str | Path) -> None:
-    """Loss components per epoch; the neighbour sets' precision, recall and empty share (when recorded); and
-    target mAP and rank-1 per evaluated epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Loss components per epoch; the neighbour sets' precision, recall and empty share, or the clustering's
+    shares (un-clustered, multi-camera clusters, purity, adjusted Rand), when recorded; and target mAP and rank-1
+    per evaluated epoch. Records named `<group>/<measure>` are diagnostics, the others losses."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     keys = list(dict.fromkeys(k for h in history for k in h))  # every key, in order of first appearance
-    losses = [k for k in keys if k not in ("epoch", "source_accuracy") and not k.startswith(NEIGHBOUR_PREFIX)]
+    losses = [k for k in keys if k not in ("epoch", "source_accuracy") and "/" not in k]
     shares = [k for k in keys if k.startswith(NEIGHBOUR_PREFIX) and not k.endswith("_neighbours")]
-    fig, axes = plt.subplots(1, 3 if shares else 2, figsize=(16 if shares else 11, 4), constrained_layout=True)
+    shares += [k for k in keys if k.startswith(CLUSTER_PREFIX) and k.endswith(CLUSTER_SHARES)]
+    fig = Figure(figsize=(16 if shares else 11, 4), constrained_layout=True)  # no pyplot: no global backend switch
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3 if shares else 2)
     ax_loss, ax_eval = axes[0], axes[-1]
     epochs = [h["epoch"] for h in history]
 
@@ -167,11 +148,15 @@ def plot_training_curves(history: list[dict[str, Any]], evaluations: list[dict[s
         styles = {"precision": "-", "recall": "--", "empty": ":"}
         colours = {}
         for key in shares:
+            if key.startswith(CLUSTER_PREFIX):
+                curve(ax_nb, key, label=key[len(CLUSTER_PREFIX) :].replace("_", " "))
+                continue
             group, measure = key[len(NEIGHBOUR_PREFIX) :].split("_", 1)
             colour = colours.setdefault(group, f"C{len(colours)}")
             label = f"{group} {'rows without' if measure == 'empty' else measure}"
             curve(ax_nb, key, label=label, ls=styles[measure], color=colour)
-        ax_nb.set(title="target neighbour sets (true identities)", xlabel="epoch", ylabel="share", ylim=(0, 1))
+        what = "clusters" if shares[0].startswith(CLUSTER_PREFIX) else "neighbour sets"
+        ax_nb.set(title=f"target {what} (true identities)", xlabel="epoch", ylabel="share", ylim=(0, 1))
         ax_nb.legend(fontsize=8)
     eval_epochs = [e["epoch"] for e in evaluations]
     for key, label in (("mAP", "mAP"), ("rank1", "rank-1")):
@@ -188,4 +173,3 @@ def plot_training_curves(history: list[dict[str, Any]], evaluations: list[dict[s
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)

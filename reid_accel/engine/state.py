@@ -1,31 +1,36 @@
-"""Training progress and checkpoints that resume exactly, mid-epoch included, without pickle.
+"""Training progress and checkpoints that resume exactly, mid-epoch included, without pickle; reading models back.
 
-`accelerator.save_state` writes the model (safetensors), the optimizer, the grad scaler and the RNG states. The
-exemplar memory and the progress counters are ours: they go beside them as `memory.safetensors` and
-`train_state.json`, so a checkpoint folder holds no pickled object of ours.
+`accelerator.save_state` writes the network (safetensors), the optimizer, the grad scaler and the RNG states. The
+method's state tensors (the exemplar memory), the progress counters and the resolved config are ours: they go
+beside them (`folders.CheckpointFolder`), so a checkpoint folder holds no pickled object of ours. A checkpoint is
+read where it is written: resumed by `load_latest_checkpoint`, or its encoder rebuilt by `encoder_from_checkpoint`
+from the constructor arguments `setup` uses too (`encoder_arguments`); `load_encoder` resolves any model reference.
 """
 
 import hashlib
 import json
 import logging
-import re
+import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from reid_accel.errors import ModelLoadError, first_line
-from reid_accel.fileio import atomic_path, write_text_atomic
+from reid_accel.config import ExperimentConfig, load_config
+from reid_accel.errors import ConfigError, ModelLoadError, first_line
+from reid_accel.fileio import atomic_path, share_as_umask, write_text_atomic
+from reid_accel.folders import CheckpointFolder, RunFolder, find_model_folder
+from reid_accel.hub import from_pretrained, load_weights_strictly
+from reid_accel.modeling import ReIDEncoder
+from reid_accel.modeling.encoder import imagenet_weights_id
 
 logger = logging.getLogger(__name__)
-
-STATE_FILE = "train_state.json"
-MEMORY_FILE = "memory.safetensors"
-CONFIG_FILE = "config.yaml"
 
 
 @dataclass
@@ -36,22 +41,15 @@ class TrainState:
     step_in_epoch: int = 0
     global_step: int = 0
 
-    def advance(self, steps_per_epoch: int) -> None:
-        """Count one finished step, rolling over to the next epoch after its last one."""
+    def count_step(self) -> None:
+        """Count one finished optimizer step of the current epoch."""
         self.step_in_epoch += 1
         self.global_step += 1
-        if self.step_in_epoch == steps_per_epoch:
-            self.epoch += 1
-            self.step_in_epoch = 0
 
-
-def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
-    """The run's checkpoint folders, oldest first (accelerate names them `checkpoints/checkpoint_<i>`)."""
-    root = Path(output_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := re.fullmatch(r"checkpoint_(\d+)", p.name))]
-    return [p for _, p in sorted(found)]
+    def next_epoch(self) -> None:
+        """Move to the start of the next epoch, once the current one's last step is counted."""
+        self.epoch += 1
+        self.step_in_epoch = 0
 
 
 def memory_digest(memory: torch.nn.Module) -> str:
@@ -80,55 +78,116 @@ def _writes_checkpoints(accelerator: Accelerator) -> bool:
 
 def save_checkpoint(
     accelerator: Accelerator, state: TrainState, memory: torch.nn.Module | None, config_yaml: str
-) -> Path:
+) -> CheckpointFolder:
     """Save everything needed to resume; every process calls this (each saves its own RNG state).
 
-    `train_state.json` is written last: a folder without it is incomplete (the run died while saving).
+    Args:
+        accelerator: names the folder (`checkpoints/checkpoint_<i>`) and saves the prepared objects.
+        state: the progress counters.
+        memory: the method's state tensors, as the buffers of a module identical on every process (the exemplar
+            memory); its `state_dict` is saved, and restored by `load_state_dict`. None when there is none.
+        config_yaml: the resolved config, to rebuild the network from the checkpoint alone.
+
+    The counters are written last: a folder without them is incomplete (the run died while saving).
     """
     if memory is not None:
         check_memory_in_sync(accelerator, memory)
-    location = Path(accelerator.save_state())
+    checkpoint = CheckpointFolder(Path(accelerator.save_state()))
     if _writes_checkpoints(accelerator):
         if memory is not None:
             tensors = {k: v.detach().cpu().contiguous() for k, v in memory.state_dict().items()}
-            with atomic_path(location / MEMORY_FILE) as tmp:
+            with atomic_path(checkpoint.memory) as tmp:
                 save_file(tensors, tmp)
-        write_text_atomic(location / CONFIG_FILE, config_yaml)
-        write_text_atomic(location / STATE_FILE, json.dumps(asdict(state)))  # last: marks the folder complete
+        write_text_atomic(checkpoint.config, config_yaml)
+        share_as_umask(checkpoint.root)  # accelerate's weights come out 0o600 (safetensors' own temporary file)
+        write_text_atomic(checkpoint.state, json.dumps(asdict(state)))  # last: marks the folder complete
     accelerator.wait_for_everyone()
-    return location
+    return checkpoint
 
 
-def load_latest_checkpoint(
-    accelerator: Accelerator, memory: torch.nn.Module | None, output_dir: str | Path
-) -> TrainState:
-    """Restore the newest complete checkpoint of `output_dir`; a fresh `TrainState` when there is none.
+def load_latest_checkpoint(accelerator: Accelerator, memory: torch.nn.Module | None, run: RunFolder) -> TrainState:
+    """Restore the newest complete checkpoint of `run`; a fresh `TrainState` when there is none.
 
-    Incomplete checkpoints (no `train_state.json`: the run died while saving) are removed first, so that saving
-    goes on under their numbers.
+    Incomplete checkpoints (no counters: the run died while saving) are removed first, so that saving goes on
+    under their numbers.
     """
-    folders = checkpoint_dirs(output_dir)
-    incomplete = [d for d in folders if not (d / STATE_FILE).is_file()]
+    checkpoints = run.checkpoints()
+    incomplete = [c for c in checkpoints if not c.complete]
     if incomplete and _writes_checkpoints(accelerator):
-        for folder in incomplete:
-            logger.warning("removing incomplete checkpoint %s (the run stopped while saving it)", folder)
-            shutil.rmtree(folder)
+        for checkpoint in incomplete:
+            logger.warning("removing incomplete checkpoint %s (the run stopped while saving it)", checkpoint.root)
+            shutil.rmtree(checkpoint.root)
     accelerator.wait_for_everyone()
-    complete = [d for d in folders if d not in incomplete]
+    complete = [c for c in checkpoints if c not in incomplete]
     if not complete:
-        logger.info("no checkpoint in %s: starting from scratch", output_dir)
+        logger.info("no checkpoint in %s: starting from scratch", run.root)
         return TrainState()
     latest = complete[-1]
     try:
-        accelerator.load_state(str(latest))
+        accelerator.load_state(str(latest.root))
         if memory is not None:
-            memory.load_state_dict(load_file(latest / MEMORY_FILE))  # copied into the buffers, on their device
-        state = TrainState(**json.loads((latest / STATE_FILE).read_text()))
+            memory.load_state_dict(load_file(latest.memory))  # copied into the buffers, on their device
+        state = TrainState(**json.loads(latest.state.read_text()))
     except (OSError, ValueError, TypeError, RuntimeError) as err:
         raise ModelLoadError(
-            f"{latest}: cannot resume (a different config, or a corrupt checkpoint): {first_line(err)}"
+            f"{latest.root}: cannot resume (a different config, or a corrupt checkpoint): {first_line(err)}"
         ) from None
     # accelerate numbers new checkpoints from its own counter, which load_state leaves at 0.
-    accelerator.project_configuration.iteration = int(latest.name.rsplit("_", 1)[1]) + 1
-    logger.info("resumed from %s at epoch %d, step %d", latest, state.epoch, state.step_in_epoch)
+    accelerator.project_configuration.iteration = latest.number + 1
+    logger.info("resumed from %s at epoch %d, step %d", latest.root, state.epoch, state.step_in_epoch)
     return state
+
+
+def encoder_arguments(cfg: ExperimentConfig) -> dict[str, Any]:
+    """`ReIDEncoder`'s constructor arguments for a run: `setup` builds the encoder it trains from them, and
+    `encoder_from_checkpoint` the one a checkpoint holds (with ImageNet weights not fetched)."""
+    return {
+        "backbone": cfg.model.backbone,
+        "pretrained": cfg.model.pretrained,
+        "pretrained_path": cfg.model.pretrained_path,
+        "last_stride": cfg.model.last_stride,
+        "input_size": [cfg.data.height, cfg.data.width],
+        "pooling": cfg.model.pooling,
+    }
+
+
+def encoder_from_checkpoint(checkpoint: CheckpointFolder) -> ReIDEncoder:
+    """The encoder of a training checkpoint, rebuilt from its config and given the checkpoint's weights strictly.
+
+    The weights file holds the whole training network (`encoder.*` beside the classifier), under DDP's `module.`
+    prefix when it was saved wrapped; every encoder key must be there and nothing else under `encoder.`.
+    """
+    try:
+        cfg = load_config(checkpoint.config)
+        arguments = encoder_arguments(cfg)
+        started_from_imagenet = arguments["pretrained"] or arguments["pretrained_path"] is not None
+        base_model = imagenet_weights_id(cfg.model.backbone) if started_from_imagenet else None
+        arguments.update(pretrained=False, pretrained_path=None, base_model=base_model)  # the card still names it
+        encoder = ReIDEncoder(**arguments)
+        weights = load_file(checkpoint.weights)
+    except (ConfigError, OSError, SafetensorError) as err:
+        raise ModelLoadError(f"{checkpoint.root}: not a readable checkpoint ({first_line(err)})") from None
+    state = {}
+    for key, value in weights.items():
+        key = key.removeprefix("module.")
+        if key.startswith("encoder."):
+            state[key.removeprefix("encoder.")] = value
+    load_weights_strictly(encoder, state, source=f"{checkpoint.root}: checkpoint does not match {cfg.model.backbone}")
+    return encoder.eval()
+
+
+def load_encoder(reference: str | os.PathLike, *, device: str | torch.device = "cpu") -> ReIDEncoder:
+    """Load an encoder from a model folder, a run folder, a training checkpoint folder or a Hub repo id.
+
+    What `reid-accel eval`, `export` and `embed` accept as MODEL.
+    """
+    path = Path(reference)
+    checkpoint = CheckpointFolder(path)
+    if checkpoint.complete:
+        return encoder_from_checkpoint(checkpoint).to(device)
+    if path.is_dir():
+        model, _ = find_model_folder(path)
+        return from_pretrained(model.root).to(device)
+    if path.exists() or str(reference).startswith((".", "/")) or str(reference).count("/") != 1:
+        raise ModelLoadError(f"{reference}: no such model folder, and not a Hub repo id (user/name)")
+    return from_pretrained(str(reference)).to(device)

@@ -1,4 +1,4 @@
-"""The training loop: camera-aware invariance learning + cross-domain mixup under accelerate.
+"""The training loop under accelerate, for any method of `reid_accel.methods` (`method.name`).
 
 One process::
 
@@ -9,11 +9,11 @@ Several GPUs or machines (the launcher starts one process per GPU; the recipe, n
     accelerate launch --config_file accelerate_config.yaml -m reid_accel.train configs/duke2market.yaml
 
 `setup` builds everything once, in the order of accelerate's examples: Accelerator -> batch layout -> seed ->
-encoder -> data -> training network -> optimizer -> prepare -> resume. `train_step` is one optimizer step: every BatchNorm group of the
-process's share runs one forward over [source | target] (the backbone's BatchNorm sees both halves), the objective
-is computed against the memory as it was before the step, gradients of the groups are averaged, the optimizer
-steps, and only then are the gathered target features written into the exemplar memory, identically on every
-process. `train` is the loop around it.
+encoder -> data -> the method's training set, sampler, network and state -> optimizer -> prepare -> resume.
+`train_step` is one optimizer step: every BatchNorm group of the process's share runs one forward, the method's loss
+is computed against its state as it was before the step, gradients of the groups are averaged, the optimizer
+steps, and only then does the method update its state from the whole step, identically on every process. `train`
+is the loop around it; before each epoch the method's hook runs (e.g. re-clustering).
 """
 
 import logging
@@ -34,15 +34,9 @@ from torch.profiler import record_function
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from reid_accel.card import TrainingRecord
 from reid_accel.config import DomainConfig, ExperimentConfig, dump_config
-from reid_accel.data import (
-    BatchAugmentation,
-    CrossDomainBatchSampler,
-    CrossDomainDataset,
-    ReIDImageDataset,
-    build_transform,
-    load_benchmark,
-)
+from reid_accel.data import BatchAugmentation, ReIDImageDataset, build_transform, load_benchmark
 from reid_accel.data.benchmarks import check_domain
 from reid_accel.engine.distributed import (
     ProcessTable,
@@ -50,21 +44,17 @@ from reid_accel.engine.distributed import (
     reporting_lost_processes,
     share_main_process_buffers,
 )
-from reid_accel.engine.evaluate import evaluate_retrieval
-from reid_accel.engine.report import RunRecorder, describe_neighbours, environment_info
-from reid_accel.engine.state import TrainState, checkpoint_dirs, load_latest_checkpoint, save_checkpoint
+from reid_accel.engine.evaluate import evaluate_retrieval, extract_embeddings
+from reid_accel.engine.report import RunRecorder, environment_info
+from reid_accel.engine.state import TrainState, encoder_arguments, load_latest_checkpoint, save_checkpoint
 from reid_accel.errors import ConfigError, ReidAccelError
+from reid_accel.folders import CheckpointFolder, RunFolder
+from reid_accel.hub import from_pretrained, save_pretrained
 from reid_accel.layout import BatchLayout
-from reid_accel.modeling import CrossDomainNetwork, ExemplarMemory, ReIDEncoder
+from reid_accel.methods import METHODS, BuildInputs, Method, is_diagnostic
+from reid_accel.modeling import ReIDEncoder
 from reid_accel.modeling.batchnorm import running_stats_frozen
-from reid_accel.objectives import (
-    NEIGHBOUR_PREFIX,
-    CAILObjective,
-    learning_rate_factor,
-    memory_momentum,
-    mix_pixels,
-    sample_mixup_lambda,
-)
+from reid_accel.objectives import learning_rate_factor
 from reid_accel.seeding import seeded_generator
 
 logger = logging.getLogger(__name__)
@@ -84,9 +74,18 @@ class TrainingInterrupted(RuntimeError):
 
 @dataclass
 class TrainResult:
-    output_dir: Path
+    """What `train` leaves: the run folder (its model folder inside) and the evaluations, oldest first."""
+
+    run: RunFolder
     evaluations: list[dict]
-    model_dir: Path
+
+    @property
+    def output_dir(self) -> Path:
+        return self.run.root
+
+    @property
+    def model_dir(self) -> Path:
+        return self.run.model.root
 
 
 @dataclass
@@ -99,12 +98,12 @@ class Run:
     network: torch.nn.Module  # prepared: wrapped for data parallelism when several processes run
     forward: torch.nn.Module  # `network`, compiled when `model.compile` asks
     optimizer: torch.optim.Optimizer
-    objective: CAILObjective
-    memory: ExemplarMemory | None  # None exactly when `layout.two_domains` is False
-    memory_pids: torch.Tensor | None  # (N,) true identities of the slots, for neighbour diagnostics only
+    method: Method
+    state_module: torch.nn.Module | None  # the method's state, carried by checkpoints
     augmentation: BatchAugmentation
-    sampler: CrossDomainBatchSampler
+    sampler: torch.utils.data.Sampler  # the method's rank-aware batch sampler
     train_loader: DataLoader
+    embed_transform: object  # the test transform, for the method's embeddings of its training images
     query_loader: DataLoader
     gallery_loader: DataLoader
     positions: torch.Tensor  # (P,) global positions of this process's images in a step
@@ -165,60 +164,49 @@ def load_domain(domain: DomainConfig, accelerator: Accelerator):
         return load_benchmark(domain.name, domain.resolved_root(), **domain.options)
 
 
-def build_optimizer(network: CrossDomainNetwork, cfg: ExperimentConfig) -> torch.optim.SGD:
-    """SGD with the pretrained backbone at `lr_backbone` and the new layers (BNNeck, classifier) at `lr_new`."""
+def build_optimizer(network: torch.nn.Module, cfg: ExperimentConfig) -> torch.optim.Optimizer:
+    """`optim.optimizer` (SGD or Adam, weight decay as L2) with the pretrained backbone at `lr_backbone` and the new
+    layers (BNNeck, classifier) at `lr_new`."""
     backbone = [p for p in network.encoder.backbone.parameters() if p.requires_grad]
     backbone_ids = {id(p) for p in backbone}
     new = [p for p in network.parameters() if p.requires_grad and id(p) not in backbone_ids]
-    return torch.optim.SGD(
-        [
-            {"params": backbone, "lr": cfg.optim.lr_backbone, "initial_lr": cfg.optim.lr_backbone},
-            {"params": new, "lr": cfg.optim.lr_new, "initial_lr": cfg.optim.lr_new},
-        ],
-        momentum=cfg.optim.momentum,
-        weight_decay=cfg.optim.weight_decay,
-    )
+    groups = [
+        {"params": backbone, "lr": cfg.optim.lr_backbone, "initial_lr": cfg.optim.lr_backbone},
+        {"params": new, "lr": cfg.optim.lr_new, "initial_lr": cfg.optim.lr_new},
+    ]
+    if cfg.optim.optimizer == "adam":
+        return torch.optim.Adam(groups, weight_decay=cfg.optim.weight_decay)
+    return torch.optim.SGD(groups, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
 
 
-def build_objective(cfg: ExperimentConfig, *, two_domains: bool) -> CAILObjective:
-    o = cfg.objective
-    return CAILObjective(
-        target_branch=two_domains,
-        neighbor_mode=o.neighbor_mode,
-        scale=o.scale,
-        eps=o.neighbor_eps,
-        intra_start_epoch=o.intra_start_epoch,
-        intra_weight=o.intra_weight,
-        inter_start_epoch=o.inter_start_epoch,
-        inter_weight=o.inter_weight,
-        agnostic_weight=o.agnostic_weight,
-        mixup=o.mixup,
-        mixup_start_epoch=o.mixup_start_epoch,
-    )
+def build_encoder(cfg: ExperimentConfig) -> ReIDEncoder:
+    """The encoder to train: a saved reid-accel model (`model.init_from`, loaded strictly) or a timm backbone."""
+    if cfg.model.init_from is not None:
+        try:
+            return from_pretrained(cfg.model.init_from).train()
+        except ReidAccelError as err:
+            raise ConfigError(f"model.init_from: {cfg.model.init_from!r} is not a reid-accel model ({err})") from None
+    return ReIDEncoder(**encoder_arguments(cfg))
 
 
 def setup(cfg: ExperimentConfig) -> Run:
     """Build the run once: refuse what cannot work first, then data, model, optimizer and the resumed state."""
-    output_dir = Path(cfg.train.output_dir)
-    if cfg.train.resume == "no" and checkpoint_dirs(output_dir):
+    run_folder = RunFolder(Path(cfg.train.output_dir))
+    if cfg.train.resume == "no" and run_folder.checkpoints():
         raise ConfigError(
-            f"{output_dir}: already holds checkpoints; resume with --resume (train.resume=auto) "
+            f"{run_folder.root}: already holds checkpoints; resume with --resume (train.resume=auto) "
             "or choose another --output-dir"
         )
-    two_domains = cfg.data.target is not None and cfg.objective.target_branch
-    for key, domain in (
-        ("data.source", cfg.data.source),
-        ("data.target", cfg.data.target),
-        ("data.eval", cfg.data.eval),
-    ):
-        if domain is not None and (key != "data.target" or two_domains):
-            check_domain(domain, key)
+    method = METHODS[cfg.method.name](cfg)
+    for key, domain in {**method.domains, "data.eval": cfg.data.eval}.items():
+        if domain is not None:
+            check_domain(domain, key, needs_cameras=method.camera_setting(key))
     accelerator = build_accelerator(cfg)
     layout = BatchLayout.plan(
         cfg.data.batch_size,
         accelerator.num_processes,
         bn_batch_size=cfg.data.bn_batch_size,
-        two_domains=two_domains,
+        two_domains=method.two_domains,
         sync_bn=accelerator.device.type == "cuda",
     )
     processes = ProcessTable.gather(accelerator)
@@ -227,15 +215,8 @@ def setup(cfg: ExperimentConfig) -> Run:
     # The encoder before the data: a backbone that cannot be built, or ImageNet weights that cannot be fetched,
     # are reported before minutes of parsing. Each machine's first process fetches the weights into the cache.
     with accelerator.local_main_process_first():
-        encoder = ReIDEncoder(
-            cfg.model.backbone,
-            pretrained=cfg.model.pretrained,
-            pretrained_path=cfg.model.pretrained_path,
-            last_stride=cfg.model.last_stride,
-            input_size=[cfg.data.height, cfg.data.width],
-        )
-    source = load_domain(cfg.data.source, accelerator)
-    target = load_domain(cfg.data.target, accelerator) if two_domains else None
+        encoder = build_encoder(cfg)
+    train_splits = {key: load_domain(domain, accelerator)["train"] for key, domain in method.domains.items()}
     evaluation = load_domain(cfg.eval_domain, accelerator)
 
     d = cfg.data
@@ -249,39 +230,30 @@ def setup(cfg: ExperimentConfig) -> Run:
     )
     test_transform = build_transform(d.height, d.width, mean=encoder.mean, std=encoder.std)
     load_transform = build_transform(d.height, d.width, normalize=False)  # uint8; augmented per batch on device
-    train_set = CrossDomainDataset(
-        source["train"], target["train"] if two_domains else None, load_transform, preload=d.preload
+    parts = method.build(
+        BuildInputs(train_splits, layout, encoder, accelerator.process_index, load_transform, test_transform)
     )
     # The sampler shards by rank itself, so the train loader is not passed through `accelerator.prepare`.
-    sampler = CrossDomainBatchSampler(
-        len(train_set.source),
-        len(train_set.target) if two_domains else 0,
-        layout,
-        rank=accelerator.process_index,
-        seed=cfg.train.seed,
-    )
     loader_kwargs = {"num_workers": d.num_workers, "pin_memory": accelerator.device.type == "cuda"}
-    train_loader = DataLoader(train_set, batch_sampler=sampler, persistent_workers=d.num_workers > 0, **loader_kwargs)
+    train_loader = DataLoader(
+        parts.dataset, batch_sampler=parts.sampler, persistent_workers=d.num_workers > 0, **loader_kwargs
+    )
     query_loader, gallery_loader = (
         DataLoader(ReIDImageDataset(evaluation[split], test_transform), batch_size=d.eval_batch_size, **loader_kwargs)
         for split in ("query", "gallery")
     )
 
-    network = CrossDomainNetwork(encoder, train_set.num_source_classes)
-    network = convert_to_sync_groups(network, layout, accelerator.process_index)
+    network = convert_to_sync_groups(parts.network, layout, accelerator.process_index)
     if cfg.model.channels_last:
         network = network.to(memory_format=torch.channels_last)
-    memory = (
-        ExemplarMemory(len(train_set.target), encoder.feature_dim, train_set.target_camids) if two_domains else None
-    )
     optimizer = build_optimizer(network, cfg)
     network, optimizer, query_loader, gallery_loader = accelerator.prepare(
         network, optimizer, query_loader, gallery_loader
     )
-    if memory is not None:
-        memory.to(accelerator.device)
-    logger.info(layout.describe(sampler.steps_per_epoch(2)))
-    state = load_latest_checkpoint(accelerator, memory, output_dir) if cfg.train.resume == "auto" else TrainState()
+    method.to(accelerator.device)
+    logger.info(layout.describe(parts.sampler.steady_steps_per_epoch))
+    resume = cfg.train.resume == "auto"
+    state = load_latest_checkpoint(accelerator, parts.state, run_folder) if resume else TrainState()
     return Run(
         cfg=cfg,
         accelerator=accelerator,
@@ -289,34 +261,18 @@ def setup(cfg: ExperimentConfig) -> Run:
         network=network,
         forward=torch.compile(network) if cfg.model.compile else network,
         optimizer=optimizer,
-        objective=build_objective(cfg, two_domains=two_domains),
-        memory=memory,
-        memory_pids=train_set.target_pids.to(accelerator.device)
-        if two_domains and cfg.train.neighbour_diagnostics
-        else None,
+        method=method,
+        state_module=parts.state,
         augmentation=augmentation,
-        sampler=sampler,
+        sampler=parts.sampler,
         train_loader=train_loader,
+        embed_transform=test_transform,
         query_loader=query_loader,
         gallery_loader=gallery_loader,
         positions=layout.positions(accelerator.process_index),
         processes=processes,
         state=state,
     )
-
-
-def mixup_lambda(run: Run, *, epoch: int, step: int, group: int) -> float | None:
-    """The mixup weight of one BN group, or None when mixup is off this epoch.
-
-    Drawn from a stream keyed by (seed, epoch, step), plus the group with `mixup_lambda_per: group`, so every
-    process agrees without communication, whatever the number of processes, and a resumed run draws the same.
-    """
-    if not run.objective.mixup_active(epoch):
-        return None
-    keys = ("mixup", run.cfg.train.seed, epoch, step)
-    if run.cfg.objective.mixup_lambda_per == "group":
-        keys += ("group", group)
-    return sample_mixup_lambda(run.cfg.objective.mixup_alpha, generator=seeded_generator(*keys))
 
 
 def augmentation_draws(run: Run, *, epoch: int, step: int) -> torch.Tensor:
@@ -329,46 +285,14 @@ def augmentation_draws(run: Run, *, epoch: int, step: int) -> torch.Tensor:
     return draws[run.positions]
 
 
-def _micro_batch_loss(
-    run: Run, pixel_values: torch.Tensor, batch: dict[str, torch.Tensor], *, epoch: int, lam: float | None
-) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-    """Loss of one BN group ([source | target], or source only): `(loss, components, target_features)`."""
-    num_source, two_domains = run.layout.domain_share, run.layout.two_domains
-    if lam is not None:
-        pixel_values = mix_pixels(pixel_values, num_source=num_source, lam=lam)
-    with run.accelerator.autocast(), record_function("reid_accel.forward"):
-        outputs = run.forward(pixel_values, num_source=num_source, source_neck="batch" if two_domains else "train")
-    target = {}
-    if two_domains:
-        target = {
-            "target_features": outputs["target_features"],
-            "target_camids": batch["camid"][num_source:],
-            "target_slots": batch["index"][num_source:],
-            "memory_features": run.memory.features,
-            "memory_camids": run.memory.camids,
-            "memory_pids": run.memory_pids,
-        }
-    with record_function("reid_accel.objective"):
-        loss, components = run.objective(
-            epoch=epoch,
-            source_features=outputs["source_features"],
-            source_logits=outputs["source_logits"],
-            source_labels=batch["pid"][:num_source],
-            classifier_weight=run.accelerator.unwrap_model(run.network).classifier.weight,
-            lam=lam,
-            **target,
-        )
-    return loss, components, outputs["target_features"]
-
-
 def train_step(run: Run, batch: dict[str, torch.Tensor], *, epoch: int, step: int) -> dict[str, torch.Tensor]:
     """One optimizer step on this process's share of the global batch; returns the loss components as tensors.
 
     The share is `layout.micro_batches` BN groups. Each runs its own forward and backward, scaled so the step's
     gradient is the mean of the groups' (as data parallelism averages over processes), with the gradient
     all-reduce held back until the last one. Only the first group updates BatchNorm running statistics, as data
-    parallelism keeps the first process's buffers. The memory is written once, after the optimizer step, from the
-    target features of every group of every process.
+    parallelism keeps the first process's buffers. The method updates its state once, after the optimizer step,
+    from every group of every process.
     """
     accelerator, layout = run.accelerator, run.layout
     batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
@@ -376,9 +300,9 @@ def train_step(run: Run, batch: dict[str, torch.Tensor], *, epoch: int, step: in
         pixel_values = run.augmentation(batch["pixel_values"], augmentation_draws(run, epoch=epoch, step=step))
     if run.cfg.model.channels_last:
         pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
-    size, count = layout.micro_batch, layout.micro_batches
+    size, count, method = layout.micro_batch, layout.micro_batches, run.method
     totals: dict[str, torch.Tensor] = {}
-    target_features = []
+    carries = []
     for j in range(count):
         part = slice(j * size, (j + 1) * size)
         group = layout.group_index(accelerator.process_index, j)
@@ -387,23 +311,23 @@ def train_step(run: Run, batch: dict[str, torch.Tensor], *, epoch: int, step: in
             nullcontext() if last else accelerator.no_sync(run.network),
             nullcontext() if j == 0 else running_stats_frozen(run.network),
         ):
-            lam = mixup_lambda(run, epoch=epoch, step=step, group=group)
-            loss, components, features = _micro_batch_loss(
-                run, pixel_values[part], {k: v[part] for k, v in batch.items()}, epoch=epoch, lam=lam
-            )
+            where = {"epoch": epoch, "step": step, "group": group}
+            group_batch = {k: v[part] for k, v in batch.items()}
+            inputs, forward_kwargs = method.group_inputs(pixel_values[part], group_batch, **where)
+            with accelerator.autocast(), record_function("reid_accel.forward"):
+                outputs = run.forward(inputs, **forward_kwargs)
+            with record_function("reid_accel.objective"):
+                result = method.group_loss(outputs, group_batch, **where)
             with record_function("reid_accel.backward"):
-                accelerator.backward(loss / count)
-        for name, value in components.items():
+                accelerator.backward(result.loss / count)
+        for name, value in result.components.items():
             totals[name] = totals.get(name, 0) + value / count
-        target_features.append(features.detach())
+        carries.append(result.carry)
     with record_function("reid_accel.optimizer"):
         run.optimizer.step()
         run.optimizer.zero_grad(set_to_none=True)
-    if layout.two_domains:
-        slots = batch["index"].view(count, size)[:, layout.domain_share :].reshape(-1)  # (P/2,) in position order
-        momentum = memory_momentum(epoch, momentum=run.cfg.objective.memory_momentum)
-        with record_function("reid_accel.memory_update"):
-            run.memory.update(torch.cat(target_features), slots, momentum)
+    with record_function("reid_accel.state_update"):
+        method.after_step(carries, batch, epoch=epoch, step=step)
     return totals
 
 
@@ -453,17 +377,36 @@ def stop_on_signals(accelerator: Accelerator) -> Iterator[dict]:
             signal.signal(s, h)
 
 
-def train_epoch(run: Run) -> tuple[LossMeter, bool]:
+def embed(run: Run, dataset: torch.utils.data.Dataset) -> torch.Tensor:
+    """(N, D) unit features of `dataset` (test-transformed images) in its row order, identical on every process:
+    each process embeds a shard with the encoder in eval mode, with the main process's BatchNorm statistics (data
+    parallelism leaves each process its own), then they are gathered."""
+    share_main_process_buffers(run.network)
+    loader = DataLoader(dataset, batch_size=run.cfg.data.eval_batch_size, num_workers=run.cfg.data.num_workers)
+    return extract_embeddings(
+        run.encoder, run.accelerator.prepare(loader), run.accelerator, desc="embed train"
+    ).features.to(run.accelerator.device)
+
+
+def train_epoch(run: Run) -> tuple[LossMeter, dict[str, float], bool]:
     """The steps of the current epoch, from where `run.state` stands to the epoch's end, `max_steps` or a signal.
 
     Returns:
-        The epoch's loss components, and whether a signal asked to stop (agreed by every process).
+        The epoch's loss components, the method's diagnostics of the epoch, and whether a signal asked to stop
+        (agreed by every process).
     """
     cfg, accelerator, state = run.cfg, run.accelerator, run.state
     epoch = state.epoch
-    factor = learning_rate_factor(epoch, milestones=cfg.optim.milestones, gamma=cfg.optim.gamma)
+    factor = learning_rate_factor(
+        epoch,
+        milestones=cfg.optim.milestones,
+        gamma=cfg.optim.gamma,
+        warmup_epochs=cfg.optim.warmup_epochs,
+        warmup_factor=cfg.optim.warmup_factor,
+    )
     for group in run.optimizer.param_groups:
         group["lr"] = group["initial_lr"] * factor
+    diagnostics = run.method.before_epoch(epoch, start_step=state.step_in_epoch, embed=lambda data: embed(run, data))
     run.sampler.set_epoch(epoch, start_step=state.step_in_epoch)
     steps = run.sampler.steps_per_epoch(epoch)
     epoch_losses, recent = LossMeter(), LossMeter()
@@ -475,14 +418,14 @@ def train_epoch(run: Run) -> tuple[LossMeter, bool]:
         total=steps,
         disable=not accelerator.is_local_main_process,
     ) as progress:
-        for batch in run.train_loader:
-            components = train_step(run, batch, epoch=epoch, step=state.step_in_epoch)
+        for step, batch in enumerate(run.train_loader, start=state.step_in_epoch):
+            components = train_step(run, batch, epoch=epoch, step=step)
+            state.count_step()
             epoch_losses.add(components)
             recent.add(components)
-            state.advance(steps)
             progress.update()
             done += 1
-            if state.global_step % cfg.train.log_interval == 0 or state.epoch > epoch or run.finished:
+            if state.global_step % cfg.train.log_interval == 0 or state.step_in_epoch == steps or run.finished:
                 losses = recent.mean(accelerator, f"before global step {state.global_step}")  # syncs with the host
                 progress.set_postfix(loss=f"{losses['total']:.3f}", refresh=False)
                 accelerator.log({f"train/{k}": v for k, v in losses.items()}, step=state.global_step)
@@ -490,25 +433,28 @@ def train_epoch(run: Run) -> tuple[LossMeter, bool]:
             if interrupted or run.finished:
                 break
     logger.info("epoch %d: %.0f img/s", epoch, done * cfg.data.batch_size / (time.perf_counter() - started))
-    return epoch_losses, interrupted
+    return epoch_losses, diagnostics, interrupted
 
 
-def end_epoch(run: Run, recorder: RunRecorder, epoch: int, losses: LossMeter, config_yaml: str) -> Path | None:
-    """Record the epoch's losses, then evaluate and save a checkpoint when due (always after the last step).
+def end_epoch(
+    run: Run, recorder: RunRecorder, epoch: int, losses: LossMeter, diagnostics: dict[str, float], config_yaml: str
+) -> CheckpointFolder | None:
+    """Record the epoch's losses and diagnostics, then evaluate and save a checkpoint when due (always after the
+    last step).
 
     Returns:
         The checkpoint saved, if one was due.
     """
     cfg, accelerator = run.cfg, run.accelerator
-    averages = losses.mean(accelerator, f"in epoch {epoch}")
+    averages = {**diagnostics, **losses.mean(accelerator, f"in epoch {epoch}")}
     logger.info(
         "epoch %d: %s, lr %.4g",
         epoch,
-        ", ".join(f"{k} {v:.4f}" for k, v in averages.items() if not k.startswith(NEIGHBOUR_PREFIX)),
+        ", ".join(f"{k} {v:.4f}" for k, v in averages.items() if not is_diagnostic(k)),
         run.optimizer.param_groups[0]["lr"],
     )
-    if (neighbours := describe_neighbours(averages)) is not None:
-        logger.info("epoch %d neighbours: %s", epoch, neighbours)
+    for line in run.method.describe(epoch, averages):
+        logger.info("epoch %d %s", epoch, line)
     if accelerator.is_main_process:
         recorder.record_epoch(epoch, averages)
     last = epoch == cfg.optim.epochs or run.finished
@@ -530,26 +476,26 @@ def end_epoch(run: Run, recorder: RunRecorder, epoch: int, losses: LossMeter, co
         if accelerator.is_main_process:
             recorder.record_evaluation(epoch, metrics)
     if epoch % cfg.train.checkpoint_interval == 0 or last:
-        return save_checkpoint(accelerator, run.state, run.memory, config_yaml)
+        return save_checkpoint(accelerator, run.state, run.state_module, config_yaml)
     return None
 
 
 def train(cfg: ExperimentConfig) -> TrainResult:
-    """Train on `cfg`, evaluating on the target every `eval_interval` epochs, and export the encoder.
+    """Train on `cfg`, evaluating on the target every `eval_interval` epochs, and export the encoder with its card.
 
     Returns:
-        The output folder, the list of evaluations and the exported model folder.
+        The run folder and the list of evaluations.
     """
     run = setup(cfg)
     accelerator, state = run.accelerator, run.state
-    output_dir, config_yaml = Path(cfg.train.output_dir), dump_config(cfg)
+    folder, config_yaml = RunFolder(Path(cfg.train.output_dir)), dump_config(cfg)
     run_info = {
         **run.layout.record(),
-        "steps_per_epoch": run.sampler.steps_per_epoch(2),
+        "steps_per_epoch": run.sampler.steady_steps_per_epoch,
         "mixed_precision": accelerator.mixed_precision,
         **environment_info(),
     }
-    recorder = RunRecorder(output_dir, config=cfg.to_dict(), run_info=run_info)
+    recorder = RunRecorder(folder, config=cfg.to_dict(), run_info=run_info)
     if accelerator.is_main_process:
         recorder.start(resumed=state.global_step > 0, config_yaml=config_yaml)
     accelerator.init_trackers("reid-accel", config=recorder.flat_config())
@@ -558,16 +504,20 @@ def train(cfg: ExperimentConfig) -> TrainResult:
         with stop_on_signals(accelerator) as received, lost:
             while not run.finished:
                 epoch, saved = state.epoch, None
-                losses, interrupted = train_epoch(run)
-                if state.epoch > epoch or run.finished:
-                    saved = end_epoch(run, recorder, epoch, losses, config_yaml)
+                losses, diagnostics, interrupted = train_epoch(run)
+                epoch_done = state.step_in_epoch == run.sampler.steps_per_epoch(epoch)
+                if epoch_done:
+                    state.next_epoch()
+                if epoch_done or run.finished:
+                    saved = end_epoch(run, recorder, epoch, losses, diagnostics, config_yaml)
                 if interrupted:
-                    path = saved or save_checkpoint(accelerator, state, run.memory, config_yaml)
-                    raise TrainingInterrupted(received.get("signum", signal.SIGTERM), path)
+                    checkpoint = saved or save_checkpoint(accelerator, state, run.state_module, config_yaml)
+                    raise TrainingInterrupted(received.get("signum", signal.SIGTERM), checkpoint.root)
             if accelerator.is_main_process:
-                run.encoder.save_pretrained(output_dir / "model")
+                training = TrainingRecord(cfg, tuple(recorder.evaluations), run_info)
+                save_pretrained(run.encoder, folder.model.root, training=training)
                 recorder.finish()
             accelerator.wait_for_everyone()
     finally:
         accelerator.end_training()
-    return TrainResult(output_dir, recorder.evaluations, output_dir / "model")
+    return TrainResult(folder, recorder.evaluations)

@@ -49,6 +49,7 @@ ArrayLike = np.ndarray | torch.Tensor | Sequence
 APMode = Literal["standard", "trapezoid"]
 AP_MODES: tuple[str, ...] = ("standard", "trapezoid")
 JUNK_PID = -1
+NO_CAMERA = -1  # a camera id meaning "unknown" (data without cameras): same-camera matches are kept
 
 # Block sizes, in score entries. A product block holds up to 2**27 scores (0.5 GB in float32) and at least 2,048
 # queries: every matmul call re-reads and packs the whole gallery, which costs 13 % more CPU at 256 rows than at 1,024
@@ -84,7 +85,8 @@ def rank_metrics(
         gallery_features: (G, D).
         query_pids: (Q,) integer ids.
         gallery_pids: (G,) integer ids; -1 marks junk (removed), 0 distractors (kept).
-        query_camids: (Q,) camera ids.
+        query_camids: (Q,) camera ids; -1 (`NO_CAMERA`: the data records no cameras) keeps the query's
+            same-camera matches, which are otherwise removed.
         gallery_camids: (G,) camera ids.
         ap_mode: ``"standard"`` or ``"trapezoid"`` (see the module docstring).
         max_rank: length of the returned CMC curve.
@@ -98,21 +100,21 @@ def rank_metrics(
         ``num_valid_queries`` (queries with at least one true match; the averages run over these) and ``ap_mode``
         (the AP convention, so that a stored result says which one it used).
     """
-    query = _features(query_features, "query_features")
-    gallery = _features(gallery_features, "gallery_features")
+    query = as_features(query_features, "query_features")
+    gallery = as_features(gallery_features, "gallery_features")
     if query.shape[1] != gallery.shape[1]:
         raise ReidAccelError(
             f"query_features has dimension {query.shape[1]} but gallery_features has {gallery.shape[1]}; expected equal"
         )
     protocol = _Protocol.build(query_pids, gallery_pids, query_camids, gallery_camids, len(query), len(gallery))
-    target = _resolve_device(device, query_features)
+    target = resolve_device(device, query_features)
     dtype = torch.promote_types(query.dtype, gallery.dtype)
     if not protocol.all_columns_kept:
         gallery = gallery[protocol.kept_columns.to(gallery.device)]
-    query = _unit_rows(query.to(target, dtype), "query_features")
-    gallery = _unit_rows(gallery.to(target, dtype), "gallery_features")
+    query = unit_rows(query.to(target, dtype), "query_features")
+    gallery = unit_rows(gallery.to(target, dtype), "gallery_features")
 
-    chunk_size = _product_rows(chunk_size, len(query), len(gallery), target)
+    chunk_size = product_rows(chunk_size, len(query), len(gallery), target)
     buffer = torch.empty((min(chunk_size, len(query)), len(gallery)), dtype=dtype, device=target)
 
     def scores(start: int, stop: int) -> torch.Tensor:
@@ -142,9 +144,9 @@ def rank_metrics_from_distance(
     """
     dist = _matrix(distmat)
     protocol = _Protocol.build(query_pids, gallery_pids, query_camids, gallery_camids, dist.shape[0], dist.shape[1])
-    target = _resolve_device(device, distmat)
+    target = resolve_device(device, distmat)
     kept = None if protocol.all_columns_kept else protocol.kept_columns.to(dist.device)
-    chunk_size = _product_rows(chunk_size, dist.shape[0], len(protocol.kept_columns), target)
+    chunk_size = product_rows(chunk_size, dist.shape[0], len(protocol.kept_columns), target)
 
     def scores(start: int, stop: int) -> torch.Tensor:
         block = dist[start:stop] if kept is None else dist[start:stop].index_select(1, kept)
@@ -184,8 +186,8 @@ def top_k_gallery(
     """
     if top_k < 1:
         raise ReidAccelError(f"top_k={top_k}; expected a positive integer")
-    query = _features(query_features, "query_features").cpu()  # a few rows: the CPU is fine
-    gallery = _features(gallery_features, "gallery_features").cpu()
+    query = as_features(query_features, "query_features").cpu()  # a few rows: the CPU is fine
+    gallery = as_features(gallery_features, "gallery_features").cpu()
     q_pids, g_pids, q_cams, g_cams = _ids(
         query_pids, gallery_pids, query_camids, gallery_camids, len(query), len(gallery)
     )
@@ -193,10 +195,11 @@ def top_k_gallery(
     if rows.ndim != 1 or (len(rows) and (rows.min() < 0 or rows.max() >= len(query))):
         raise ReidAccelError(f"query_indices={rows.tolist()}; expected indices into {len(query)} queries")
     dtype = torch.promote_types(query.dtype, gallery.dtype)
-    query = _unit_rows(query[rows].to(dtype), "query_features")
-    scores = similarity(query, _unit_rows(gallery.to(dtype), "gallery_features"))  # (n, G)
+    query = unit_rows(query[rows].to(dtype), "query_features")
+    scores = similarity(query, unit_rows(gallery.to(dtype), "gallery_features"))  # (n, G)
     same_pid = q_pids[rows, None] == g_pids[None, :]  # (n, G)
-    excluded = (same_pid & (q_cams[rows, None] == g_cams[None, :])) | (g_pids == JUNK_PID)[None, :]
+    same_camera = (q_cams[rows, None] == g_cams[None, :]) & (q_cams[rows, None] != NO_CAMERA)  # (n, G)
+    excluded = (same_pid & same_camera) | (g_pids == JUNK_PID)[None, :]
     # Excluded items sink to the end; the stable sort keeps gallery order among equal scores.
     scores = scores.masked_fill(excluded, -math.inf)
     order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :top_k]  # (n, k)
@@ -236,7 +239,7 @@ class _Protocol:
         offsets = torch.cat([count.new_zeros(1), torch.cumsum(count, 0)])
         queries = torch.repeat_interleave(torch.arange(num_query), count)  # (P,)
         columns = by_pid[first[queries] + torch.arange(len(queries)) - offsets[queries]]
-        is_match = g_cams[columns] != q_cams[queries]
+        is_match = (g_cams[columns] != q_cams[queries]) | (q_cams[queries] == NO_CAMERA)
         return cls(kept, len(kept) == num_gallery, num_query, offsets, queries, columns, is_match)
 
     def to(self, device: torch.device) -> "_Protocol":
@@ -258,7 +261,7 @@ def _numpy_on(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
-def _product_rows(chunk_size: int | None, num_query: int, num_gallery: int, device: torch.device) -> int:
+def product_rows(chunk_size: int | None, num_query: int, num_gallery: int, device: torch.device) -> int:
     """Queries per product block: ``chunk_size`` if given, else ``_PRODUCT_ENTRIES`` scores, >= 2,048 queries."""
     if chunk_size is None:
         entries = _PRODUCT_ENTRIES["cuda" if device.type == "cuda" else "cpu"]
@@ -493,15 +496,19 @@ def _matrix(values: ArrayLike) -> torch.Tensor:
     return tensor
 
 
-def _features(values: ArrayLike, name: str) -> torch.Tensor:
-    """A (n, D) float tensor (float64 stays, other dtypes become float32), sharing memory where possible."""
+def as_features(values: ArrayLike, name: str) -> torch.Tensor:
+    """A (n, D) float tensor (float64 stays, other dtypes become float32), sharing memory where possible.
+
+    Raises:
+        ReidAccelError: `values` (called `name` in the message) is not a matrix.
+    """
     tensor = values.detach() if isinstance(values, torch.Tensor) else torch.as_tensor(np.asarray(values))
     if tensor.ndim != 2:
         raise ReidAccelError(f"{name} has shape {tuple(tensor.shape)}; expected (num_items, feature_dim)")
     return tensor.to(_float_dtype(tensor.dtype))
 
 
-def _unit_rows(features: torch.Tensor, name: str, *, in_place: bool = False) -> torch.Tensor:
+def unit_rows(features: torch.Tensor, name: str, *, in_place: bool = False) -> torch.Tensor:
     """Rows scaled to unit L2 norm, as ``F.normalize`` (eps 1e-12); NaN or infinite entries are refused.
 
     The row norms reveal any NaN or infinity for free; only when a norm overflows are the entries checked.
@@ -529,7 +536,8 @@ def _ids(query_pids, gallery_pids, query_camids, gallery_camids, num_query: int,
     return tuple(out)
 
 
-def _resolve_device(device: str | torch.device | None, reference: ArrayLike) -> torch.device:
+def resolve_device(device: str | torch.device | None, reference: ArrayLike) -> torch.device:
+    """The device to compute on: the one asked for, else the reference tensor's, else the CPU."""
     if device is not None:
         return torch.device(device)
     return reference.device if isinstance(reference, torch.Tensor) else torch.device("cpu")

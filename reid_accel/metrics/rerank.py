@@ -17,6 +17,12 @@ nearest that have ``p`` among their own ``k + 1`` nearest; a candidate set ``R(q
 it shares *strictly* more than two thirds of its items with ``R(p, k1)`` (the paper writes "at least"); ``V`` rows
 are normalised to sum to 1, so the Jaccard distance is ``1 - m / (2 - m)`` with ``m`` the sum of minima; the result
 is ``(1 - lambda) * jaccard + lambda * distance``. Query expansion is skipped when ``k2 == 1``.
+
+`jaccard_graph` gives the Jaccard distances the clustering methods (SpCL, cluster contrast, CAP, O2CAP) compute
+with their ``compute_jaccard_distance``, which differs in two places: each neighbour list holds ``k1`` items, the
+item itself included (``R(p, k1)`` reads ``k1`` entries, ``R(q, round(k1 / 2))`` still ``round(k1 / 2) + 1``), and
+the Gaussian weights use the raw distance ``2 - 2 cos`` (no row normalisation). It keeps only the pairs closer than
+1, so the N x N matrix those codes build never exists.
 """
 
 import logging
@@ -26,7 +32,7 @@ import torch
 
 from reid_accel.errors import ReidAccelError
 from reid_accel.metrics.product import similarity
-from reid_accel.metrics.ranking import ArrayLike, _features, _product_rows, _resolve_device, _unit_rows
+from reid_accel.metrics.ranking import ArrayLike, as_features, product_rows, resolve_device, unit_rows
 
 logger = logging.getLogger(__name__)
 
@@ -62,17 +68,17 @@ def rerank_distance(
         (Q, G) distances: a numpy array for numpy input, else a tensor on ``device``; float64 for float64 input,
         float32 otherwise.
     """
-    query = _features(query_features, "query_features")
-    gallery = _features(gallery_features, "gallery_features")
+    query = as_features(query_features, "query_features")
+    gallery = as_features(gallery_features, "gallery_features")
     if query.shape[1] != gallery.shape[1]:
         raise ReidAccelError(
             f"query_features has dimension {query.shape[1]} but gallery_features has {gallery.shape[1]}; expected equal"
         )
-    target = _resolve_device(device, query_features)
+    target = resolve_device(device, query_features)
     dtype = torch.promote_types(query.dtype, gallery.dtype)
     features = torch.cat([query.to(target, dtype), gallery.to(target, dtype)])  # (N, D), our own copy
     # in place: at MSMT17 scale a second copy of the features is 0.77 GB
-    features = _unit_rows(features, "query_features or gallery_features", in_place=True)
+    features = unit_rows(features, "query_features or gallery_features", in_place=True)
     num_query = len(query)
     distance = torch.empty((num_query, len(gallery)), dtype=dtype, device=target)  # the result, filled in place
     encoding = _encode(features, k1=k1, k2=k2, chunk_size=chunk_size, query_gallery=distance)
@@ -97,7 +103,7 @@ def k_reciprocal_encoding(
     Returns:
         (N, N) coalesced sparse COO tensor; each row sums to 1.
     """
-    tensor = _unit_rows(_features(features, "features"), "features")
+    tensor = unit_rows(as_features(features, "features"), "features")
     return _encode(tensor, k1=k1, k2=k2, chunk_size=chunk_size, query_gallery=None)
 
 
@@ -115,6 +121,42 @@ def jaccard_distance(encoding: torch.Tensor, rows: torch.Tensor, cols: torch.Ten
         (A, B) dense distances in [0, 1].
     """
     return torch.cat([block for _, _, block in _jaccard_blocks(encoding, rows, cols)])
+
+
+def jaccard_graph(features: ArrayLike, *, k1: int = 20, k2: int = 6, chunk_size: int | None = None) -> torch.Tensor:
+    """The clustering methods' k-reciprocal Jaccard distances between all items, keeping the pairs closer than 1.
+
+    A pair is closer than 1 exactly when the two encodings share a column, so a handful of pairs per row survive;
+    every other pair is at distance 1 in the dense matrix (what density-based clustering with ``eps < 1`` reads as
+    "not a neighbour"). Negative round-off is clamped to 0, as the original does, and the diagonal is an explicit 0.
+
+    Args:
+        features: (N, D) all items, L2-normalised here.
+        k1: neighbour-list length, the item itself included (the clustering convention, see the module docstring).
+        k2: size of the local query expansion (1 disables it).
+        chunk_size: rows per product block; never changes the result.
+
+    Returns:
+        (N, N) coalesced sparse COO tensor of distances in [0, 1), float64 for float64 input, else float32.
+    """
+    tensor = unit_rows(as_features(features, "features"), "features")
+    encoding = _encode(tensor, k1=k1, k2=k2, chunk_size=chunk_size, query_gallery=None, clustering=True)
+    items = torch.arange(len(tensor), device=tensor.device)
+    rows, cols, values = [], [], []
+    for start, stop, block in _jaccard_blocks(encoding, items, items):  # (c, N) each
+        block.clamp_(min=0.0)
+        block[torch.arange(stop - start), items[start:stop]] = 0.0
+        row, col = (block < 1.0).nonzero(as_tuple=True)
+        rows.append(row + start)
+        cols.append(col)
+        values.append(block[row, col])
+    return torch.sparse_coo_tensor(
+        torch.stack([torch.cat(rows), torch.cat(cols)]),
+        torch.cat(values),
+        (len(tensor), len(tensor)),
+        is_coalesced=True,
+        check_invariants=False,
+    )
 
 
 def _jaccard_blocks(encoding: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor):
@@ -161,7 +203,13 @@ def _expand(first: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, to
 
 
 def _encode(
-    features: torch.Tensor, *, k1: int, k2: int, chunk_size: int | None, query_gallery: torch.Tensor | None
+    features: torch.Tensor,
+    *,
+    k1: int,
+    k2: int,
+    chunk_size: int | None,
+    query_gallery: torch.Tensor | None,
+    clustering: bool = False,
 ) -> torch.Tensor:
     """Sparse encoding of all N items; optionally writes the normalised query x gallery distances.
 
@@ -169,21 +217,25 @@ def _encode(
         features: (N, D) unit rows on the compute device.
         k1, k2, chunk_size: as in `rerank_distance`.
         query_gallery: (Q, N - Q) buffer receiving the row-normalised original distances, or None.
+        clustering: the clustering methods' convention (`jaccard_graph`): ``k1`` entries per list, raw distances.
     """
     if k1 < 1 or k2 < 1:
         raise ReidAccelError(f"k1={k1}, k2={k2}; expected positive integers")
     num_items = len(features)
     # Lists longer than k1 + 1 also cache the distances of most expanded-set members (2-hop neighbours).
     num_near = min(num_items, max(2 * (k1 + 1), k2))
-    ranked, near_distance, row_max = _nearest(features, num_near, chunk_size, query_gallery)  # (N, K) x2, (N,)
-    rows, cols = _expanded_sets(ranked, k1)  # (E,) each: the members of every R*(p, k1)
+    ranked, near_distance, scale = _nearest(
+        features, num_near, chunk_size, query_gallery, row_normalised=not clustering
+    )  # (N, K) x2, (N,)
+    # R(p, k) reads k + 1 list entries: k1 + 1 in the paper's code, k1 in the clustering codes'.
+    rows, cols = _expanded_sets(ranked, k1 - 1 if clustering else k1, round(k1 / 2))  # (E,) each: R*(p, k1)
     distance = torch.cat(
         [
-            _pair_distance(features, ranked, near_distance, row_max, rows[start:stop], cols[start:stop])
+            _pair_distance(features, ranked, near_distance, scale, rows[start:stop], cols[start:stop])
             for start, stop in _spans(len(rows), _PAIR_CHUNK)
         ]
     )  # (E,)
-    # Gaussian weights of the row-normalised distances, normalised to sum to 1 per row.
+    # Gaussian weights of the (row-normalised) distances, normalised to sum to 1 per row.
     weight = torch.exp(-distance)
     total = torch.zeros(num_items, dtype=weight.dtype, device=weight.device).index_add_(0, rows, weight)
     # (rows, cols) come unique and sorted from `_expanded_sets`: already coalesced.
@@ -207,11 +259,12 @@ def _pair_distance(
     features: torch.Tensor,
     ranked: torch.Tensor,
     near_distance: torch.Tensor,
-    row_max: torch.Tensor,
+    scale: torch.Tensor,
     rows: torch.Tensor,
     cols: torch.Tensor,
 ) -> torch.Tensor:
-    """(E,) row-normalised distances of item pairs: read from the neighbour lists, else from a dot product."""
+    """(E,) distances of item pairs divided by their row's scale: read from the neighbour lists, else from a dot
+    product."""
     hit = ranked[rows] == cols[:, None]  # (E, K)
     found = hit.any(1)
     distance = near_distance[rows, hit.to(torch.uint8).argmax(1)]  # (E,), meaningless where not found
@@ -219,32 +272,39 @@ def _pair_distance(
     if len(missing):
         r, c = rows[missing], cols[missing]
         similarity = (features[r] * features[c]).sum(1)
-        distance[missing] = (2.0 - 2.0 * similarity).clamp_(min=0.0) / row_max[r]
+        distance[missing] = (2.0 - 2.0 * similarity).clamp_(min=0.0) / scale[r]
     return distance
 
 
 def _nearest(
-    features: torch.Tensor, num_near: int, chunk_size: int | None, query_gallery: torch.Tensor | None
+    features: torch.Tensor,
+    num_near: int,
+    chunk_size: int | None,
+    query_gallery: torch.Tensor | None,
+    *,
+    row_normalised: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per item: the ``num_near`` nearest items (self included, ties by index), their distances, the row maximum.
+    """Per item: the ``num_near`` nearest items (self included, ties by index), their distances, the row scale.
 
-    Distances are squared Euclidean distances of the unit vectors (``2 - 2 cos``) divided by their row maximum.
+    Distances are squared Euclidean distances of the unit vectors (``2 - 2 cos``) divided by their row's scale:
+    the row maximum when ``row_normalised``, else 1.
 
     Returns:
-        (N, num_near) int64 indices nearest first, (N, num_near) their distances, (N,) row maxima.
+        (N, num_near) int64 indices nearest first, (N, num_near) their distances, (N,) row scales.
     """
     num_items = len(features)
-    chunk_size = _product_rows(chunk_size, num_items, num_items, features.device)
+    chunk_size = product_rows(chunk_size, num_items, num_items, features.device)
     num_query = 0 if query_gallery is None else len(query_gallery)
     ranked = torch.empty((num_items, num_near), dtype=torch.int64, device=features.device)
     near_distance = torch.empty((num_items, num_near), dtype=features.dtype, device=features.device)
-    row_max = torch.empty(num_items, dtype=features.dtype, device=features.device)
+    row_max = (torch.empty if row_normalised else torch.ones)(num_items, dtype=features.dtype, device=features.device)
     buffer = torch.empty((min(chunk_size, num_items), num_items), dtype=features.dtype, device=features.device)
     for start, stop in _spans(num_items, chunk_size):
         block = similarity(features[start:stop], features, out=buffer[: stop - start])  # (c, N)
         block.mul_(-2.0).add_(2.0).clamp_(min=0.0)  # squared distance of unit vectors
-        row_max[start:stop] = block.amax(1)
-        block.div_(row_max[start:stop, None])
+        if row_normalised:
+            row_max[start:stop] = block.amax(1)
+            block.div_(row_max[start:stop, None])
         ranked[start:stop], near_distance[start:stop] = _smallest(block, num_near)
         if start < num_query:
             query_gallery[start : min(stop, num_query)] = block[: min(stop, num_query) - start, num_query:]
@@ -280,11 +340,15 @@ def _reciprocal(ranked: torch.Tensor, k: int) -> torch.Tensor:
     return out
 
 
-def _expanded_sets(ranked: torch.Tensor, k1: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(row, col) pairs of the expanded k-reciprocal sets ``R*(p, k1)``, sorted by row then column."""
+def _expanded_sets(ranked: torch.Tensor, k1: int, half: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, col) pairs of the expanded k-reciprocal sets ``R*(p, k1)``, sorted by row then column.
+
+    ``half`` is the k of the candidate sets ``R(q, half)``: ``round(k1 / 2)`` with the paper's k1 (Python's round,
+    like numpy's: halves to even).
+    """
     num_items, device = len(ranked), ranked.device
     # Lists shorter than k + 1 (tiny N) are used whole, as slicing a full ranking would do.
-    half = min(round(k1 / 2), ranked.shape[1] - 1)  # Python's round, like numpy's: halves to even
+    half = min(half, ranked.shape[1] - 1)
     k1 = min(k1, ranked.shape[1] - 1)
     full_mask = _reciprocal(ranked, k1)  # (N, k1+1)
     half_mask = _reciprocal(ranked, half)  # (N, h+1)

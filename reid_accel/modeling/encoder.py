@@ -12,42 +12,26 @@ keeps its own stride (`last_stride=2`). Models whose timm config says their inpu
 are built for the encoder's `input_size` (`img_size`; timm resamples position embeddings when loading weights).
 """
 
-import inspect
-import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch.nn.functional as F
-from huggingface_hub import ModelCard, PyTorchModelHubMixin, hf_hub_download, upload_folder
-from huggingface_hub import create_repo as hub_create_repo
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_model
 from timm.data import resolve_model_data_config
+from timm.layers import SelectAdaptivePool2d
 from timm.models import get_pretrained_cfg, is_model_in_modules
 from timm.models.resnet import BasicBlock, Bottleneck
 from torch import Tensor, nn
 
-from reid_accel.errors import ConfigError, HubError, ModelLoadError, first_line
-from reid_accel.fileio import atomic_path, write_text_atomic
+from reid_accel.errors import ConfigError, ModelLoadError, first_line
 from reid_accel.modeling import ibn
 from reid_accel.modeling.batchnorm import running_stats_frozen
-from reid_accel.modeling.card import model_card
+from reid_accel.modeling.pooling import GeM
 
 logger = logging.getLogger(__name__)
 
-# What a Hub request raises when the Hub is unreachable or refuses: OS errors (offline mode, no token) and the HTTP
-# client's errors, whose base class huggingface_hub's own HTTP error extends.
-HUB_REQUEST_ERRORS = (OSError, *HfHubHTTPError.__bases__)
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-CARD_NAME = "README.md"
-MODEL_FILES = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME)
 # timm modules whose models get the named last-stride surgery rather than `output_stride=16` (which dilates).
 SURGERY_MODULES = ("resnet", ibn.__name__.rsplit(".", 1)[-1])
 REDUCED_OUTPUT_STRIDE = 16
@@ -159,14 +143,27 @@ def _create_backbone(
     return model
 
 
-class ReIDEncoder(nn.Module, PyTorchModelHubMixin):
+POOLINGS = ("avg", "gem")
+
+
+def use_gem_pooling(backbone: nn.Module, name: str) -> None:
+    """Replace a timm CNN's global average pool by GeM (trainable p from 3), as cluster contrast pools its maps.
+
+    timm's CNNs pool in `global_pool` (a `SelectAdaptivePool2d` giving (B, C)) inside their own `forward_head`,
+    so swapping that module keeps every other step of the head (dropout, head norm) as it was.
+    """
+    if not isinstance(getattr(backbone, "global_pool", None), SelectAdaptivePool2d):
+        raise ConfigError(f"model.pooling=gem: {name!r} does not pool a CNN feature map (use model.pooling=avg)")
+    backbone.global_pool = GeM()
+
+
+class ReIDEncoder(nn.Module):
     """Person re-ID feature extractor: timm backbone -> the backbone's pooling (pre-logits) -> BNNeck.
 
     `forward` returns the BNNeck feature and `embed` its L2-normalised form, which is ranked by cosine similarity.
-    `save_pretrained` / `push_to_hub` / `from_pretrained` round-trip it through a folder or the Hub with the
-    reid-accel card (`card.py`, whose metadata replaces the mixin's); the exported config always says
-    `pretrained=False, pretrained_path=None`, so reloading builds a random backbone and loads our weights on top,
-    never fetching ImageNet weights.
+    `export_config` is the JSON-able set of constructor arguments that rebuilds it; it always says
+    `pretrained=False, pretrained_path=None`, so a saved encoder (`reid_accel.hub`) is rebuilt with a random
+    backbone and our weights loaded on top, never fetching ImageNet weights.
 
     Args:
         backbone: timm model name with its weight tag, e.g. "resnet50.tv_in1k" (bare "resnet50" resolves to
@@ -180,6 +177,7 @@ class ReIDEncoder(nn.Module, PyTorchModelHubMixin):
             backbones built for one input size (ViT, Swin).
         mean: per-channel input mean; defaults to the backbone's pretrained config.
         std: per-channel input std; defaults to the backbone's pretrained config.
+        pooling: "avg" (the backbone's own pooling) or "gem" (generalised mean, CNN backbones only).
         base_model: the Hub repo of the ImageNet weights training started from, for the model card; by default
             timm's repo for the tag when `pretrained` or `pretrained_path` loads weights (a local file is taken to
             hold the tag's weights), none for a random start.
@@ -195,6 +193,7 @@ class ReIDEncoder(nn.Module, PyTorchModelHubMixin):
         input_size: tuple[int, int] | list[int] = (256, 128),
         mean: list[float] | None = None,
         std: list[float] | None = None,
+        pooling: str = "avg",
         base_model: str | None = None,
     ) -> None:
         super().__init__()
@@ -211,6 +210,11 @@ class ReIDEncoder(nn.Module, PyTorchModelHubMixin):
             last_stride=last_stride,
             input_size=self.input_size,
         )
+        if pooling not in POOLINGS:
+            raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        if pooling == "gem":
+            use_gem_pooling(self.backbone, backbone)
+        self.pooling = pooling
         self.last_stride = last_stride
         weights_loaded = pretrained or pretrained_path is not None
         self.base_model = base_model if base_model is not None or not weights_loaded else imagenet_weights_id(backbone)
@@ -234,143 +238,10 @@ class ReIDEncoder(nn.Module, PyTorchModelHubMixin):
             "std": self.std,
             "feature_dim": self.feature_dim,
         }
+        config |= (
+            {"pooling": self.pooling} if self.pooling != "avg" else {}
+        )  # folders saved before GeM stay as they were
         return config | ({"base_model": self.base_model} if self.base_model else {})
-
-    def generate_model_card(self, *, repo_id: str = "", metrics: dict | None = None) -> ModelCard:
-        """The reid-accel card (the one `reid-accel push` writes), with a run's results when `metrics` is given.
-
-        Args:
-            repo_id: the Hub repository, used in the loading snippet.
-            metrics: a training run's `metrics.json` content.
-        """
-        return ModelCard(model_card(self.export_config(), metrics, repo_id=repo_id))
-
-    def save_pretrained(
-        self, save_directory: str | os.PathLike, *, repo_id: str = "", metrics: dict | None = None
-    ) -> None:
-        """Write exactly `model.safetensors`, `config.json` and the model card `README.md`, each atomically.
-
-        Args:
-            save_directory: the model folder (created if needed); the three files are replaced, never left stale.
-            repo_id: the Hub repository the card's loading snippet names.
-            metrics: a training run's `metrics.json` content, for the card's results.
-        """
-        save_directory = Path(save_directory)
-        self._save_pretrained(save_directory)
-        card = self.generate_model_card(repo_id=repo_id, metrics=metrics)
-        write_text_atomic(save_directory / CARD_NAME, str(card))
-
-    def push_to_hub(
-        self,
-        repo_id: str,
-        *,
-        private: bool = False,
-        revision: str | None = None,
-        token: str | None = None,
-        metrics: dict | None = None,
-    ) -> str:
-        """Upload the three model files, with the reid-accel card, to a Hub model repo; returns the commit URL.
-
-        Args:
-            repo_id: USER/NAME on the Hub (created if missing).
-            private: create the repository as private.
-            revision: branch to push to (default: main).
-            token: Hub token; default `hf auth login`'s or `HF_TOKEN`.
-            metrics: a training run's `metrics.json` content, for the card's results.
-        """
-        with tempfile.TemporaryDirectory() as tmp:
-            self.save_pretrained(tmp, repo_id=repo_id, metrics=metrics)
-            return upload_model_folder(tmp, repo_id=repo_id, private=private, revision=revision, token=token)
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        pretrained_model_name_or_path: str | os.PathLike,
-        *,
-        revision: str | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        local_files_only: bool = False,
-        token: str | bool | None = None,
-        map_location: str = "cpu",
-    ) -> "ReIDEncoder":
-        """Rebuild a saved encoder from a folder or a Hub repo id, strictly and without pickle.
-
-        Unlike the mixin's loader, an unknown config key, a missing or unexpected weight, or a weights file that is
-        not safetensors is a `ModelLoadError` naming it; ImageNet weights are never fetched.
-        """
-        reference = str(pretrained_model_name_or_path)
-
-        def fetch(filename: str) -> Path:
-            if os.path.isdir(reference):
-                path = Path(reference) / filename
-                if not path.is_file():
-                    raise ModelLoadError(f"{path}: missing (a saved encoder has {CONFIG_NAME} and {WEIGHTS_NAME})")
-                return path
-            try:
-                return Path(
-                    hf_hub_download(
-                        reference,
-                        filename,
-                        revision=revision,
-                        cache_dir=cache_dir,
-                        local_files_only=local_files_only,
-                        token=token,
-                    )
-                )
-            except (HfHubHTTPError, LocalEntryNotFoundError, ValueError, OSError) as err:
-                raise ModelLoadError(f"{reference}: cannot get {filename} ({first_line(err)})") from None
-
-        config_path = fetch(CONFIG_NAME)
-        try:
-            config = json.loads(config_path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ModelLoadError(f"{config_path}: not a valid JSON config ({err})") from None
-        if not isinstance(config, dict):
-            raise ModelLoadError(f"{config_path}: expected a JSON object of constructor arguments")
-        recorded_dim = config.pop("feature_dim", None)
-        allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
-        unknown = sorted(set(config) - allowed)
-        if unknown:
-            raise ModelLoadError(
-                f"{config_path}: unknown key(s) {', '.join(unknown)}; expected {', '.join(sorted(allowed))}"
-            )
-        config.update(pretrained=False, pretrained_path=None)
-        try:
-            model = cls(**config)
-        except (TypeError, ValueError, RuntimeError) as err:
-            raise ModelLoadError(f"{config_path}: cannot build the encoder ({err})") from None
-        if recorded_dim is not None and recorded_dim != model.feature_dim:
-            raise ModelLoadError(
-                f"{config_path}: feature_dim {recorded_dim} does not match {config.get('backbone')} ({model.feature_dim})"
-            )
-        weights_path = fetch(WEIGHTS_NAME)
-        try:
-            state = load_file(weights_path, device=map_location)
-        except (SafetensorError, OSError) as err:
-            raise ModelLoadError(f"{weights_path}: not a readable safetensors file ({err})") from None
-        expected = model.state_dict()
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
-        if missing or unexpected:
-            raise ModelLoadError(
-                f"{weights_path}: weights do not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}"
-            )
-        wrong = [k for k in expected if expected[k].shape != state[k].shape]
-        if wrong:
-            raise ModelLoadError(
-                f"{weights_path}: {wrong[0]} has shape {tuple(state[wrong[0]].shape)}, "
-                f"expected {tuple(expected[wrong[0]].shape)}"
-            )
-        model.load_state_dict(state, strict=True)
-        return model.eval()
-
-    def _save_pretrained(self, save_directory: Path) -> None:
-        """Write `model.safetensors` and `config.json` atomically (the mixin's hook, kept for its other callers)."""
-        save_directory = Path(save_directory)
-        with atomic_path(save_directory / WEIGHTS_NAME) as tmp:
-            save_model(self, str(tmp))
-        with atomic_path(save_directory / CONFIG_NAME) as tmp:
-            tmp.write_text(json.dumps(self.export_config(), indent=2, sort_keys=True))
 
     def forward_features(self, pixel_values: Tensor) -> Tensor:
         """(B, 3, H, W) normalised images -> the backbone's unpooled features.
@@ -380,27 +251,30 @@ class ReIDEncoder(nn.Module, PyTorchModelHubMixin):
         """
         return self.backbone.forward_features(pixel_values)
 
-    def forward_head(self, fmap: Tensor, *, neck_batch_stats: bool = False) -> tuple[Tensor, Tensor]:
+    def forward_head(self, fmap: Tensor, *, pre_logits: bool = False, neck_batch_stats: bool = False) -> Tensor:
         """Pool features as the backbone does before its classifier, then pass them through the BNNeck.
 
         Args:
             fmap: features of B images from `forward_features` (or a slice of their rows).
+            pre_logits: return the pooled features, before the BNNeck.
             neck_batch_stats: normalise with the batch's own statistics, leaving the running ones untouched (the
                 source half in cross-domain training, so that the running statistics, which serve at test time, come
                 from target images only); otherwise the BNNeck runs in its module mode.
 
         Returns:
-            `(pooled, neck)`, both (B, D).
+            (B, D) BNNeck features, or the pooled ones with `pre_logits`.
         """
         pooled = self.backbone.forward_head(fmap, pre_logits=True)  # (B, D): average pool, class token, head norm
+        if pre_logits:
+            return pooled
         if not neck_batch_stats:
-            return pooled, self.neck(pooled)
+            return self.neck(pooled)
         with running_stats_frozen(self.neck):  # also right once SyncBatchNorm has replaced the neck
-            return pooled, self.neck(pooled)
+            return self.neck(pooled)
 
     def forward(self, pixel_values: Tensor) -> Tensor:
         """(B, 3, H, W) -> (B, D) BNNeck features."""
-        return self.forward_head(self.forward_features(pixel_values))[1]
+        return self.forward_head(self.forward_features(pixel_values))
 
     def embed(self, pixel_values: Tensor, *, flip: bool = False) -> Tensor:
         """(B, 3, H, W) -> (B, D) L2-normalised BNNeck features in float32: the retrieval descriptor.
@@ -412,34 +286,3 @@ class ReIDEncoder(nn.Module, PyTorchModelHubMixin):
         if flip:
             features = features + self(pixel_values.flip(-1)).float()
         return F.normalize(features, dim=1)
-
-
-def upload_model_folder(
-    folder: str | os.PathLike,
-    *,
-    repo_id: str,
-    private: bool = False,
-    revision: str | None = None,
-    token: str | None = None,
-) -> str:
-    """Create the Hub model repo if needed and upload a model folder's three files; returns the commit URL.
-
-    Raises:
-        HubError: the Hub cannot be reached or refuses (offline mode, no token, no write access).
-    """
-    try:
-        hub_create_repo(repo_id, private=private, exist_ok=True, token=token, repo_type="model")
-        info = upload_folder(
-            repo_id=repo_id,
-            folder_path=folder,
-            allow_patterns=list(MODEL_FILES),
-            revision=revision,
-            token=token,
-            commit_message="Upload reid-accel model",
-        )
-    except HUB_REQUEST_ERRORS as err:
-        raise HubError(
-            f"cannot push to {repo_id} on the Hugging Face Hub ({first_line(err)}); check the connection and "
-            "log in with `hf auth login` or HF_TOKEN"
-        ) from None
-    return str(getattr(info, "commit_url", info))

@@ -17,13 +17,33 @@ def _gather_from_all_processes(tensor: Tensor) -> Tensor:
     return torch.cat(parts)
 
 
+def occurrences(keys: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The distinct keys and, per element, which one it is and how many equal keys come before it.
+
+    The last output lets a batch be applied in passes that each hold at most one element per key, in batch order:
+    deterministic writes without a scatter-add of floats.
+
+    Args:
+        keys: (B,) int64.
+
+    Returns:
+        (U,) sorted distinct keys, (B,) index of each element's key, (U,) counts, (B,) rank among equal keys.
+    """
+    unique, inverse, counts = torch.unique(keys, return_inverse=True, return_counts=True)  # (U,), (B,), (U,)
+    order = torch.argsort(inverse, stable=True)
+    first = torch.cumsum(counts, 0) - counts  # (U,) position of each key's first element in `order`
+    rank = torch.empty_like(keys)
+    rank[order] = torch.arange(keys.numel(), device=keys.device) - first[inverse[order]]
+    return unique, inverse, counts, rank
+
+
 class ExemplarMemory(nn.Module):
     """N x D feature bank, slot k for the k-th target training image, with the camera of each slot.
 
     Rows start as N(0, 0.001^2) noise and become unit vectors once written. `update` runs after the backward pass,
     so a step's losses always see the memory as it was before the step. Under torch.distributed every process
     gathers all processes' features and slots first, so all copies stay identical. Both tensors are buffers:
-    `state_dict` / `load_state_dict` (and `accelerator.register_for_checkpointing`) carry them.
+    `state_dict` / `load_state_dict` carry them, which is how a checkpoint saves and restores the memory.
 
     Args:
         num_slots: number of target training images N.
@@ -58,13 +78,9 @@ class ExemplarMemory(nn.Module):
         """
         features = _gather_from_all_processes(F.normalize(features.detach().float(), dim=1))  # (B, D) global
         slots = _gather_from_all_processes(slots.to(self.camids.device, torch.long))  # (B,)
-        unique, inverse, counts = torch.unique(slots, return_inverse=True, return_counts=True)  # (U,), (B,), (U,)
-        # Rank of each sample among the samples sharing its slot, in batch order; each pass adds one sample per slot,
-        # so no two writes in a pass collide (scatter-add of floats is not deterministic on GPUs).
-        order = torch.argsort(inverse, stable=True)
-        first = torch.cumsum(counts, 0) - counts  # (U,) position of each slot's first sample in `order`
-        rank = torch.empty_like(slots)
-        rank[order] = torch.arange(slots.numel(), device=slots.device) - first[inverse[order]]
+        unique, inverse, counts, rank = occurrences(slots)
+        # Each pass adds one sample per slot, so no two writes in a pass collide (scatter-add of floats is not
+        # deterministic on GPUs).
         summed = features.new_zeros(unique.numel(), features.shape[1])  # (U, D)
         for r in range(int(counts.max()) if slots.numel() else 0):  # 1 pass unless a slot repeats
             take = rank == r

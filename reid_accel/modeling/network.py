@@ -42,9 +42,22 @@ class CrossDomainNetwork(nn.Module):
         if not 0 < num_source <= pixel_values.shape[0]:
             raise ValueError(f"num_source must lie in [1, {pixel_values.shape[0]}], got {num_source}")
         fmap = self.encoder.forward_features(pixel_values)  # (B, ...): a CNN's (B, C, h, w) map, a ViT's tokens
-        _, source = self.encoder.forward_head(fmap[:num_source], neck_batch_stats=source_neck == "batch")
+        source = self.encoder.forward_head(fmap[:num_source], neck_batch_stats=source_neck == "batch")
         if num_source < pixel_values.shape[0]:
-            _, target = self.encoder.forward_head(fmap[num_source:])
+            target = self.encoder.forward_head(fmap[num_source:])
         else:
             target = source.new_zeros(0, source.shape[1])
         return {"source_features": source, "target_features": target, "source_logits": self.classifier(source)}
+
+
+class FeatureNetwork(nn.Module):
+    """The training network of clustering methods: the encoder alone, giving its BNNeck features (B, D) in its
+    module mode; the proxy memory stays outside, as the exemplar memory does for `CrossDomainNetwork`."""
+
+    def __init__(self, encoder: ReIDEncoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        """(B, 3, H, W) -> (B, D) BNNeck features (not normalised)."""
+        return self.encoder(pixel_values)

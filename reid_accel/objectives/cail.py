@@ -12,11 +12,11 @@ from torch.profiler import record_function
 
 from reid_accel.objectives.mixup import mixup_virtual_class_loss
 from reid_accel.objectives.neighbourhood import (
-    camera_agnostic_neighborhood_loss,
-    camera_aware_neighborhood_loss,
+    camera_agnostic_neighbourhood_loss,
+    camera_aware_neighbourhood_loss,
     neighbour_statistics,
 )
-from reid_accel.objectives.schedule import mixup_active, target_loss_weights
+from reid_accel.objectives.schedule import TargetLossSchedule, mixup_active
 
 NEIGHBOUR_PREFIX = "neighbours/"
 """Components whose name starts with this are neighbour-set diagnostics, not losses."""
@@ -29,14 +29,10 @@ class CAILObjective:
 
     Args:
         target_branch: compute the target losses (False: the single-domain baseline, source cross-entropy only).
-        neighbor_mode: 1 for the camera-aware intra/inter losses, 0 for the camera-agnostic ablation.
+        camera_aware: the camera-aware intra/inter losses (False: the camera-agnostic ablation).
         scale: inverse softmax temperature of the neighbourhood losses.
         eps: neighbour ratio of the neighbourhood losses, in [0, 1].
-        intra_start_epoch: the intra-camera (or camera-agnostic) term is on once epoch > this.
-        intra_weight: weight of the intra-camera term.
-        inter_start_epoch: the inter-camera term is on once epoch > this.
-        inter_weight: weight of the inter-camera term.
-        agnostic_weight: weight of the camera-agnostic term.
+        schedule: when and how strongly the target losses count.
         mixup: whether cross-domain mixup may replace the source cross-entropy.
         mixup_start_epoch: mixup is allowed once epoch > this.
     """
@@ -45,32 +41,22 @@ class CAILObjective:
         self,
         *,
         target_branch: bool,
-        neighbor_mode: int,
+        camera_aware: bool,
         scale: float,
         eps: float,
-        intra_start_epoch: int,
-        intra_weight: float,
-        inter_start_epoch: int,
-        inter_weight: float,
-        agnostic_weight: float,
+        schedule: TargetLossSchedule,
         mixup: bool,
         mixup_start_epoch: int,
     ) -> None:
-        if neighbor_mode not in (0, 1):
-            raise ValueError(f"neighbor_mode must be 0 (camera-agnostic) or 1 (camera-aware), got {neighbor_mode}")
         if not scale > 0:
             raise ValueError(f"scale must be > 0, got {scale}")
         if not 0.0 <= eps <= 1.0:
             raise ValueError(f"eps must lie in [0, 1], got {eps}")
         self.target_branch = target_branch
-        self.neighbor_mode = neighbor_mode
+        self.camera_aware = camera_aware
         self.scale = scale
         self.eps = eps
-        self.intra_start_epoch = intra_start_epoch
-        self.intra_weight = intra_weight
-        self.inter_start_epoch = inter_start_epoch
-        self.inter_weight = inter_weight
-        self.agnostic_weight = agnostic_weight
+        self.schedule = schedule
         self.mixup = mixup
         self.mixup_start_epoch = mixup_start_epoch
 
@@ -82,15 +68,7 @@ class CAILObjective:
         """Weights of the target losses in `epoch` (empty without a target branch)."""
         if not self.target_branch:
             return {}
-        return target_loss_weights(
-            epoch,
-            neighbor_mode=self.neighbor_mode,
-            intra_start_epoch=self.intra_start_epoch,
-            intra_weight=self.intra_weight,
-            inter_start_epoch=self.inter_start_epoch,
-            inter_weight=self.inter_weight,
-            agnostic_weight=self.agnostic_weight,
-        )
+        return self.schedule.weights(epoch, camera_aware=self.camera_aware)
 
     def __call__(
         self,
@@ -186,7 +164,7 @@ class CAILObjective:
         """Unweighted target losses against the memory (no gradient into the memory), and neighbour diagnostics."""
         features = F.normalize(target_features.float(), dim=1)  # (B_t, D)
         sim = features @ memory_features.detach().float().T  # (B_t, N)
-        if self.neighbor_mode == 0:  # the camera-agnostic ablation: one group holding every slot
+        if not self.camera_aware:  # the camera-agnostic ablation: one group holding every slot
             target_camids, memory_camids = torch.zeros_like(target_camids), torch.zeros_like(memory_camids)
         diagnostics = {}
         if memory_pids is not None:
@@ -194,13 +172,13 @@ class CAILObjective:
                 stats = neighbour_statistics(
                     sim, target_camids, memory_camids, target_slots, memory_pids, eps=self.eps
                 )
-            if self.neighbor_mode == 0:
+            if not self.camera_aware:
                 stats = {name.replace("intra_", "all_"): v for name, v in stats.items() if name.startswith("intra_")}
             diagnostics = {f"{NEIGHBOUR_PREFIX}{name}": value for name, value in stats.items()}
-        if self.neighbor_mode == 1:
-            intra, inter = camera_aware_neighborhood_loss(
+        if self.camera_aware:
+            intra, inter = camera_aware_neighbourhood_loss(
                 sim, target_camids, memory_camids, target_slots, scale=self.scale, eps=self.eps
             )
             return {"intra": intra, "inter": inter}, diagnostics
-        agnostic = camera_agnostic_neighborhood_loss(sim, target_slots, scale=self.scale, eps=self.eps)
+        agnostic = camera_agnostic_neighbourhood_loss(sim, target_slots, scale=self.scale, eps=self.eps)
         return {"agnostic": agnostic}, diagnostics

@@ -170,7 +170,7 @@ def neighbour_statistics(
     are the same person, how many there are, and how many of a person's images they find, per group.
 
     Args:
-        sim: (B_t, N) cosine similarities, as given to `camera_aware_neighborhood_loss`.
+        sim: (B_t, N) cosine similarities, as given to `camera_aware_neighbourhood_loss`.
         camids: (B_t,) camera of each row.
         memory_camids: (N,) camera of each slot.
         slots: (B_t,) memory slot of each row.
@@ -226,7 +226,7 @@ def _as_float(sim: Tensor) -> Tensor:
     return sim if sim.dtype == torch.float64 else sim.float()
 
 
-def camera_aware_neighborhood_loss(
+def camera_aware_neighbourhood_loss(
     sim: Tensor, camids: Tensor, memory_camids: Tensor, slots: Tensor, *, scale: float, eps: float
 ) -> tuple[Tensor, Tensor]:
     """Intra- and inter-camera neighbourhood losses (METHOD.md, "Camera-aware neighbourhood loss").
@@ -266,8 +266,8 @@ def camera_aware_neighborhood_loss(
         )
 
 
-def camera_agnostic_neighborhood_loss(sim: Tensor, slots: Tensor, *, scale: float, eps: float) -> Tensor:
-    """Neighbourhood loss with one softmax over all slots (METHOD.md, the `neighbor_mode: 0` ablation).
+def camera_agnostic_neighbourhood_loss(sim: Tensor, slots: Tensor, *, scale: float, eps: float) -> Tensor:
+    """Neighbourhood loss with one softmax over all slots (METHOD.md, the `neighbour_mode: camera_agnostic` ablation).
 
     Neighbours of row i are the slots other than k_i whose cosine exceeds `eps` times the best such cosine. The loss
     is the mean negative log-probability of the neighbours (rows without any left out) plus that of k_i, under

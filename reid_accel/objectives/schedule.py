@@ -6,6 +6,7 @@ published values live in `reid_accel.config` only; here every setting is a requi
 """
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 
 def _check_epoch(epoch: int) -> None:
@@ -13,39 +14,38 @@ def _check_epoch(epoch: int) -> None:
         raise ValueError(f"epochs are 1-based, got epoch={epoch}")
 
 
-def target_loss_weights(
-    epoch: int,
-    *,
-    neighbor_mode: int,
-    intra_start_epoch: int,
-    intra_weight: float,
-    inter_start_epoch: int,
-    inter_weight: float,
-    agnostic_weight: float,
-) -> dict[str, float]:
-    """Weights of the target losses in `epoch`; 0 before a term starts (the branch still runs to fill the memory).
+@dataclass(frozen=True)
+class TargetLossSchedule:
+    """When, and how strongly, the target losses count: the five schedule values of the method, held once.
 
-    Args:
-        epoch: 1-based epoch.
-        neighbor_mode: 1 for the camera-aware losses, 0 for the camera-agnostic ablation.
-        intra_start_epoch: the intra-camera term (and, in mode 0, the camera-agnostic term) is on once epoch > this.
+    Attributes:
+        intra_start_epoch: the intra-camera term (and the camera-agnostic one) is on once epoch > this.
         intra_weight: weight of the intra-camera term once on.
         inter_start_epoch: the inter-camera term is on once epoch > this.
         inter_weight: weight of the inter-camera term once on.
         agnostic_weight: weight of the camera-agnostic term once on.
-
-    Returns:
-        `{"intra": w, "inter": w}` in mode 1, `{"agnostic": w}` in mode 0.
     """
-    _check_epoch(epoch)
-    if neighbor_mode == 1:
-        return {
-            "intra": intra_weight if epoch > intra_start_epoch else 0.0,
-            "inter": inter_weight if epoch > inter_start_epoch else 0.0,
-        }
-    if neighbor_mode == 0:
-        return {"agnostic": agnostic_weight if epoch > intra_start_epoch else 0.0}
-    raise ValueError(f"neighbor_mode must be 0 (camera-agnostic) or 1 (camera-aware), got {neighbor_mode}")
+
+    intra_start_epoch: int
+    intra_weight: float
+    inter_start_epoch: int
+    inter_weight: float
+    agnostic_weight: float
+
+    def weights(self, epoch: int, *, camera_aware: bool) -> dict[str, float]:
+        """Weights of the target losses in the 1-based `epoch`; 0 before a term starts (the branch still runs to
+        fill the memory).
+
+        Returns:
+            `{"intra": w, "inter": w}` camera-aware, `{"agnostic": w}` camera-agnostic.
+        """
+        _check_epoch(epoch)
+        if camera_aware:
+            return {
+                "intra": self.intra_weight if epoch > self.intra_start_epoch else 0.0,
+                "inter": self.inter_weight if epoch > self.inter_start_epoch else 0.0,
+            }
+        return {"agnostic": self.agnostic_weight if epoch > self.intra_start_epoch else 0.0}
 
 
 def memory_momentum(epoch: int, *, momentum: float) -> float:
@@ -60,7 +60,12 @@ def mixup_active(epoch: int, *, enabled: bool, start_epoch: int) -> bool:
     return enabled and epoch > start_epoch
 
 
-def learning_rate_factor(epoch: int, *, milestones: Sequence[int], gamma: float) -> float:
-    """Multiplier of the base learning rates: `gamma` per milestone passed (epochs 61-70 at 0.1x as published)."""
+def learning_rate_factor(
+    epoch: int, *, milestones: Sequence[int], gamma: float, warmup_epochs: int = 0, warmup_factor: float = 1.0
+) -> float:
+    """Multiplier of the base learning rates: `gamma` per milestone passed (epochs 61-70 at 0.1x as published),
+    times a linear warm-up from `warmup_factor` over the first `warmup_epochs` epochs (O2CAP: 0.01 over 10, i.e.
+    `0.01 + 0.99 (epoch - 1) / 10` in epochs 1-10)."""
     _check_epoch(epoch)
-    return gamma ** sum(epoch > m for m in milestones)
+    warmup = warmup_factor + (1.0 - warmup_factor) * (epoch - 1) / warmup_epochs if epoch <= warmup_epochs else 1.0
+    return warmup * gamma ** sum(epoch > m for m in milestones)

@@ -1,6 +1,7 @@
 import pytest
+import torch
 
-from reid_accel.data import CrossDomainBatchSampler
+from reid_accel.data import CrossDomainBatchSampler, ProxyBatchSampler
 from reid_accel.errors import ConfigError
 from reid_accel.layout import BatchLayout
 
@@ -146,3 +147,101 @@ def test_set_epoch_checks():
         sampler.set_epoch(2, start_step=6)
     sampler.set_epoch(2, start_step=5)
     assert len(sampler) == 0 and list(sampler) == []
+
+
+# ProxyBatchSampler: 40 images, cameras i % 3; proxy p < 9 owns the images i with i % 10 == p, except those left
+# out (-1): proxy 9's, 5 and 15 (proxy 5 keeps two, fewer than K = 4) and 37 (proxy 7 keeps three).
+PROXY_OF_IMAGE = torch.tensor([-1 if i % 10 == 9 or i in (5, 15, 37) else i % 10 for i in range(40)])
+CAMIDS = torch.arange(40) % 3
+
+
+def proxy_sampler(per_process=16, replicas=1, rank=0, *, k=4, steps=12, seed=0, bn=None, **kwargs):
+    layout = BatchLayout.plan(per_process * replicas, replicas, bn_batch_size=bn, two_domains=False, sync_bn=True)
+    sampler = ProxyBatchSampler(
+        layout, images_per_proxy=k, steps_per_epoch=steps, camids=CAMIDS, rank=rank, seed=seed, **kwargs
+    )
+    sampler.set_proxies(PROXY_OF_IMAGE)
+    return sampler
+
+
+def test_proxy_batches_are_p_proxies_of_k_images():
+    sampler = proxy_sampler()
+    batches = epoch_batches(sampler, 1)
+    assert len(batches) == len(sampler) == 12
+    slots = []
+    for batch in batches:
+        assert len(batch) == 16
+        for start in range(0, 16, 4):
+            group = PROXY_OF_IMAGE[batch[start : start + 4]]
+            assert (group == group[0]).all() and group[0] >= 0  # K images of one proxy, never a left-out image
+            slots.append(int(group[0]))
+            images = batch[start : start + 4]
+            if group[0] == 5:  # two images: each twice
+                assert sorted(images) == [25, 25, 35, 35]
+            elif group[0] == 7:  # three images: all of them, then one repeat
+                assert set(images) == {7, 17, 27}
+            else:
+                assert len(set(images)) == 4
+    # back-to-back passes, every proxy once per pass
+    for start in range(0, len(slots) - 9, 9):
+        assert sorted(slots[start : start + 9]) == list(range(9))
+
+
+def test_proxy_batches_are_rank_free_resumable_and_seeded():
+    single = epoch_batches(proxy_sampler(16, seed=3), 2)
+    for replicas, bn in ((2, None), (4, None), (2, 4)):
+        per_rank = [
+            epoch_batches(proxy_sampler(16 // replicas, replicas, r, seed=3, bn=bn), 2) for r in range(replicas)
+        ]
+        for step, batch in enumerate(single):
+            assert [i for rank in per_rank for i in rank[step]] == batch
+    sampler = proxy_sampler(seed=3)
+    sampler.set_epoch(2, start_step=5)
+    assert len(sampler) == 7 and list(sampler) == single[5:]
+    assert epoch_batches(proxy_sampler(seed=3), 3) != single
+    assert epoch_batches(proxy_sampler(seed=4), 2) != single
+
+
+def test_proxies_change_between_epochs():
+    sampler = proxy_sampler(8, k=2)
+    merged = PROXY_OF_IMAGE.clone()
+    merged[merged == 8] = 7  # proxies 7 and 8 become one
+    sampler.set_proxies(merged)
+    indices = {i for batch in epoch_batches(sampler, 1) for i in batch}
+    assert {int(merged[i]) for i in indices} == set(range(8))
+
+
+def test_cross_camera_draws_other_cameras_first():
+    sampler = proxy_sampler(cross_camera=True, steps=20)
+    for batch in epoch_batches(sampler, 1):
+        for start in range(0, 16, 4):
+            anchor, rest = batch[start], batch[start + 1 : start + 4]
+            assert (PROXY_OF_IMAGE[rest] == PROXY_OF_IMAGE[anchor]).all()
+            others = [
+                i for i in range(40) if PROXY_OF_IMAGE[i] == PROXY_OF_IMAGE[anchor] and CAMIDS[i] != CAMIDS[anchor]
+            ]
+            assert all(CAMIDS[i] != CAMIDS[anchor] for i in rest) == bool(others)
+    # one camera only: the other images of the cluster, else the anchor again
+    layout = BatchLayout.plan(4, 1, two_domains=False)
+    lonely = ProxyBatchSampler(layout, images_per_proxy=2, steps_per_epoch=3, camids=torch.zeros(3), cross_camera=True)
+    lonely.set_proxies(torch.tensor([0, 0, 1]))
+    for batch in epoch_batches(lonely, 1):
+        pairs = sorted([batch[:2], batch[2:]])
+        assert pairs in ([[0, 1], [2, 2]], [[1, 0], [2, 2]])
+
+
+def test_proxy_sampler_refusals():
+    one_domain = BatchLayout.plan(16, 1, two_domains=False)
+    with pytest.raises(ConfigError, match="one domain"):
+        ProxyBatchSampler(BatchLayout.plan(16, 1))
+    with pytest.raises(ConfigError, match="not a whole number of proxies of 3 images"):
+        ProxyBatchSampler(one_domain, images_per_proxy=3)
+    with pytest.raises(ValueError, match="camids"):
+        ProxyBatchSampler(one_domain, cross_camera=True)
+    sampler = ProxyBatchSampler(BatchLayout.plan(40, 1, two_domains=False), images_per_proxy=4)
+    with pytest.raises(RuntimeError, match="set_proxies"):
+        list(sampler)
+    with pytest.raises(ConfigError, match="gave 9 proxies, fewer than the 10 a step draws"):
+        sampler.set_proxies(PROXY_OF_IMAGE)
+    with pytest.raises(ValueError, match="at least one image"):
+        sampler.set_proxies(torch.tensor([0, 2] * 20))

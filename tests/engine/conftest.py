@@ -38,10 +38,27 @@ def tiny_config(folder: Path, worlds: dict[str, Path], name: str = "tiny.yaml", 
         },
     }
     for section, values in sections.items():
-        tree[section].update(values)
+        tree.setdefault(section, {}).update(values)
     path = folder / name
     path.write_text(yaml.safe_dump(tree))
     return path
+
+
+# The camera-proxy method on the tiny world (90 target images, 5 cameras): small k-NN lists and a loose DBSCAN give
+# about ten clusters, 2 proxies x 4 images per BatchNorm group, 3 steps an epoch.
+CAMERA_PROXY = {
+    "method": {"name": "camera_proxy"},
+    "camera_proxy": {
+        "k1": 10,
+        "k2": 3,
+        "eps": 0.6,
+        "min_samples": 2,
+        "steps_per_epoch": 3,
+        "num_negatives": 4,
+        "online_positives": 2,
+    },
+    "data": {"batch_size": 16, "bn_batch_size": 8},
+}
 
 
 @pytest.fixture
@@ -57,4 +74,20 @@ def straight_run(tmp_path_factory, tiny_worlds) -> Path:
 
     folder = tmp_path_factory.mktemp("straight")
     train(load_config(tiny_config(folder, tiny_worlds), [f"train.output_dir={folder / 'run'}"]))
+    return folder / "run"
+
+
+@pytest.fixture
+def camera_proxy_sections() -> dict:
+    return CAMERA_PROXY
+
+
+@pytest.fixture(scope="session")
+def straight_proxy_run(tmp_path_factory, tiny_worlds) -> Path:
+    """The camera-proxy reference: the tiny experiment, two epochs of 3 steps in one go."""
+    from reid_accel.config import load_config
+    from reid_accel.engine.train import train
+
+    folder = tmp_path_factory.mktemp("straight-proxy")
+    train(load_config(tiny_config(folder, tiny_worlds, **CAMERA_PROXY)))
     return folder / "run"

@@ -11,11 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from reid_accel.config import load_config
-from reid_accel.engine.state import STATE_FILE, checkpoint_dirs
 from reid_accel.engine.train import train
+from reid_accel.folders import RunFolder
 
 # Three steps of epoch 1 with mixup on from the first step, so every random stream of the step is exercised. At the
 # tiny config's lr of 0.05 these steps amplify rounding differences ~100x per step (the thread count alone then moves
@@ -57,7 +58,7 @@ def _assert_same_run(reference: Path, other: Path) -> None:
         _max_difference(load_file(reference / "model/model.safetensors"), load_file(other / "model/model.safetensors"))
         < 1e-4
     )
-    memories = [load_file(checkpoint_dirs(run)[-1] / "memory.safetensors") for run in (reference, other)]
+    memories = [load_file(RunFolder(run).checkpoints()[-1].memory) for run in (reference, other)]
     assert _max_difference(*memories) < 1e-5
 
 
@@ -88,6 +89,19 @@ def test_four_processes_run_the_one_process_recipe_with_one_mixup_weight_per_gro
     _assert_same_run(reference, tmp_path / "four")
 
 
+def test_two_processes_cluster_and_train_the_camera_proxy_method_as_one(write_config, camera_proxy_sections, tmp_path):
+    """Same pseudo-labels (gathered features, one clustering, broadcast), same weights and proxy memory, with the
+    second epoch's clustering from the trained weights (3 steps an epoch, 4 steps)."""
+    config = write_config(**camera_proxy_sections)  # data.bn_batch_size=8: 2 proxies x 4 images per BatchNorm
+    reference = _single_process(config, tmp_path / "one", "train.max_steps=4")
+    done = _launch(2, config, *SMOKE, "train.max_steps=4", f"train.output_dir={tmp_path / 'two'}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "batch: 16 images per step = 2 processes x 1 micro-batch(es) of 8" in done.stderr
+    _assert_same_run(reference, tmp_path / "two")
+    labels = [load_file(RunFolder(run).checkpoints()[-1].memory)["labels"] for run in (reference, tmp_path / "two")]
+    assert torch.equal(*labels) and (labels[0] >= 0).sum() > len(labels[0]) // 2
+
+
 def test_two_machines_run_the_one_process_recipe(write_config, tmp_path):
     config = write_config()
     recipe = [*SMOKE, "data.batch_size=32", "data.bn_batch_size=16", f"train.output_dir={tmp_path / 'machines'}"]
@@ -105,7 +119,7 @@ def test_two_machines_run_the_one_process_recipe(write_config, tmp_path):
     outputs = [machine.communicate(timeout=600) for machine in machines]
     for machine, (_, err) in zip(machines, outputs, strict=True):
         assert machine.returncode == 0, err[-3000:]
-    assert len(checkpoint_dirs(tmp_path / "machines")) == 1, "the checkpoint is written once"
+    assert len(RunFolder(tmp_path / "machines").checkpoints()) == 1, "the checkpoint is written once"
     reference = _single_process(config, tmp_path / "one", "data.batch_size=32", "data.bn_batch_size=16")
     _assert_same_run(reference, tmp_path / "machines")
 
@@ -143,7 +157,7 @@ def test_a_killed_process_is_reported_in_one_line_and_the_run_resumes(write_conf
         text=True,
     )
     deadline = time.monotonic() + 300
-    while not any((d / STATE_FILE).is_file() for d in checkpoint_dirs(tmp_path / "run")):
+    while not any(c.complete for c in RunFolder(tmp_path / "run").checkpoints()):
         assert run.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
         time.sleep(0.2)
     time.sleep(0.5)  # into the next epoch
@@ -157,8 +171,8 @@ def test_a_killed_process_is_reported_in_one_line_and_the_run_resumes(write_conf
     assert len(ours) == 1 and f"rank 0: lost rank 1 (pid {victim}) of 2: the process exited" in ours[0], err[-5000:]
     assert "--resume" in ours[0]
 
-    latest = [d for d in checkpoint_dirs(tmp_path / "run") if (d / STATE_FILE).is_file()][-1]
-    saved = json.loads((latest / STATE_FILE).read_text())
+    latest = [c for c in RunFolder(tmp_path / "run").checkpoints() if c.complete][-1]
+    saved = json.loads(latest.state.read_text())
     resumed = _launch(2, config, "--resume", f"train.max_steps={saved['global_step'] + 2}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"at epoch {saved['epoch']}, step {saved['step_in_epoch']}" in resumed.stderr

@@ -35,8 +35,8 @@ def test_bench_train_ratio_and_breakdown(write_config, tmp_path):
     step_ms = float(whole[0])
     ranges = {name: float(cells[0]) for name, cells in rows.items() if name.startswith("reid_accel.")}
     expected = {"augmentation", "forward", "objective", "target_branch", "neighbour_diagnostics", "backward"}
-    assert {f"reid_accel.{name}" for name in expected | {"optimizer", "memory_update"}} <= set(ranges)
-    top_level = ("augmentation", "forward", "objective", "backward", "optimizer", "memory_update")
+    assert {f"reid_accel.{name}" for name in expected | {"optimizer", "state_update"}} <= set(ranges)
+    top_level = ("augmentation", "forward", "objective", "backward", "optimizer", "state_update")
     assert 0 < sum(ranges[f"reid_accel.{name}"] for name in top_level) <= step_ms * 1.05  # ranges nest, not overlap
     assert ranges["reid_accel.neighbour_diagnostics"] <= ranges["reid_accel.target_branch"]
     assert ranges["reid_accel.target_branch"] <= ranges["reid_accel.objective"]
@@ -63,3 +63,27 @@ def test_ablation_pairs_runs_by_seed_and_reuses_finished_runs(write_config, tmp_
     written = weights.stat().st_mtime_ns
     run_script("ablation.py", *args, "--output-dir", str(out_dir), cwd=tmp_path)
     assert weights.stat().st_mtime_ns == written
+
+
+def test_bench_train_ratio_times_the_camera_proxy_step(write_config, camera_proxy_sections, tmp_path):
+    config = write_config(**camera_proxy_sections)
+    rows = table(
+        run_script("bench_train.py", "--config", str(config), "--parts", "ratio", "--steps", "2", cwd=tmp_path)
+    )
+    assert float(rows["throughput"][-1].split()[0]) > 0
+
+
+def test_ablation_starts_the_adaptive_clustering_run_from_the_source_only_run(
+    write_config, camera_proxy_sections, tmp_path
+):
+    config = write_config(optim={"epochs": 1, "milestones": [1]})
+    clustering = {**camera_proxy_sections, "optim": {"epochs": 1, "milestones": [1]}}
+    (tmp_path / "synthetic_camera_proxy.yaml").write_text(write_config("proxy.yaml", **clustering).read_text())
+    out_dir = tmp_path / "ablation"
+    args = ["--config", str(config), "--seeds", "0", "--variants", "source_only", "camera_proxy_adaptive"]
+    run_script("ablation.py", *args, "--output-dir", str(out_dir), cwd=tmp_path)
+    result = json.loads((out_dir / "ablation.json").read_text())
+    adaptive = next(r for r in result["runs"] if r["variant"] == "camera_proxy_adaptive")
+    assert f"model.init_from={out_dir}/source_only-seed0/model" in adaptive["command"]
+    assert "synthetic_camera_proxy.yaml" in adaptive["command"]
+    assert set(result["parts"]) == {"clustering from the source-only model (vs source only)"}

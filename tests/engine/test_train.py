@@ -2,6 +2,7 @@ import json
 import os
 import shutil
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,17 +12,19 @@ from reid_accel.cli import main
 from reid_accel.config import load_config
 from reid_accel.data import load_benchmark
 from reid_accel.engine import train as train_module
-from reid_accel.engine.state import STATE_FILE, checkpoint_dirs
+from reid_accel.engine.state import load_encoder
 from reid_accel.engine.train import LossNotFinite, TrainingInterrupted, setup, train, train_step
+from reid_accel.errors import ModelLoadError
+from reid_accel.folders import RunFolder
 from reid_accel.generators.synthetic import generate_world
 
 
 def _weights(run_dir):
-    return load_file(checkpoint_dirs(run_dir)[-1] / "model.safetensors")
+    return load_file(RunFolder(run_dir).checkpoints()[-1].weights)
 
 
 def _memory(run_dir):
-    return load_file(checkpoint_dirs(run_dir)[-1] / "memory.safetensors")["features"]
+    return load_file(RunFolder(run_dir).checkpoints()[-1].memory)["features"]
 
 
 def test_two_epochs_end_to_end(straight_run):
@@ -34,9 +37,13 @@ def test_two_epochs_end_to_end(straight_run):
     assert metrics["run"]["world_size"] == 1 and metrics["run"]["micro_batch_target"] == 16
     assert torch.__version__.startswith(metrics["run"]["packages"]["torch"])
     assert metrics["config"]["model"]["backbone"] == "test_resnet"
-    assert {"config.json", "model.safetensors"} <= {p.name for p in (run / "model").iterdir()}
+    assert sorted(p.name for p in (run / "model").iterdir()) == ["README.md", "config.json", "model.safetensors"]
     assert json.loads((run / "model" / "config.json").read_text())["pretrained"] is False
-    assert len(checkpoint_dirs(run)) == 2
+    card = (run / "model" / "README.md").read_text()  # written once, with the results, by train() itself
+    last = metrics["evaluations"][-1]
+    assert f"| 2 | {100 * last['mAP']:.1f} | {100 * last['rank1']:.1f} |" in card
+    assert "reid-accel synthetic world" in card and "backbone: test_resnet" in card
+    assert len(RunFolder(run).checkpoints()) == 2
     memory = _memory(run)
     assert torch.allclose(memory.norm(dim=1), torch.ones(len(memory)), atol=1e-5), "every slot written in epoch 1"
     history = json.loads((run / "history.json").read_text())
@@ -44,6 +51,27 @@ def test_two_epochs_end_to_end(straight_run):
     assert 0 <= history[1]["neighbours/intra_precision"] <= 1 and history[1]["neighbours/inter_neighbours"] >= 0
     assert (run / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "epoch 2" in (run / "train.log").read_text()
+
+
+def test_the_model_folder_the_run_folder_and_the_last_checkpoint_load_the_same_encoder(straight_run):
+    run = RunFolder(straight_run)
+    images = torch.randn(2, 3, 64, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = load_encoder(run.model.root).embed(images)
+        for reference in (run.root, run.checkpoints()[-1].root):
+            torch.testing.assert_close(load_encoder(reference).embed(images), expected, rtol=0, atol=0)
+
+
+def test_a_checkpoint_whose_config_names_another_backbone_is_refused(straight_run, tmp_path):
+    copy = tmp_path / "checkpoint_1"
+    shutil.copytree(RunFolder(straight_run).checkpoints()[-1].root, copy)
+    config = copy / "config.yaml"
+    config.write_text(config.read_text().replace("backbone: test_resnet", "backbone: test_efficientnet"))
+    with pytest.raises(ModelLoadError, match=r"checkpoint_1: checkpoint does not match test_efficientnet: missing"):
+        load_encoder(copy)
+    config.write_text("model: [")
+    with pytest.raises(ModelLoadError, match=r"checkpoint_1: not a readable checkpoint"):
+        load_encoder(copy)
 
 
 def test_resume_after_an_epoch_matches_one_run(write_config, tmp_path, straight_run):
@@ -60,13 +88,13 @@ def test_resume_after_an_epoch_matches_one_run(write_config, tmp_path, straight_
 def test_resume_removes_a_checkpoint_the_run_died_while_saving(write_config, tmp_path, straight_run):
     crashed = f"train.output_dir={tmp_path / 'crashed'}"
     train(load_config(write_config(), [crashed, "train.max_steps=6"]))
-    (complete,) = checkpoint_dirs(tmp_path / "crashed")
-    broken = complete.parent / "checkpoint_1"
-    shutil.copytree(complete, broken)
-    (broken / STATE_FILE).unlink()  # accelerate's folder was written, the run died before reid-accel's state
+    (complete,) = RunFolder(tmp_path / "crashed").checkpoints()
+    broken = type(complete)(complete.root.parent / "checkpoint_1")
+    shutil.copytree(complete.root, broken.root)
+    broken.state.unlink()  # accelerate's folder was written, the run died before reid-accel's state
     train(load_config(write_config(), [crashed, "train.resume=auto"]))
-    assert [d.name for d in checkpoint_dirs(tmp_path / "crashed")] == ["checkpoint_0", "checkpoint_1"]
-    assert json.loads((broken / STATE_FILE).read_text())["epoch"] == 3, "saved anew under the removed one's number"
+    assert [c.root.name for c in RunFolder(tmp_path / "crashed").checkpoints()] == ["checkpoint_0", "checkpoint_1"]
+    assert json.loads(broken.state.read_text())["epoch"] == 3, "saved anew under the removed one's number"
     expected, resumed = _weights(straight_run), _weights(tmp_path / "crashed")
     for key in expected:
         assert torch.equal(expected[key], resumed[key]), key
@@ -105,7 +133,7 @@ def test_sigterm_mid_epoch_saves_and_resumes_exactly(write_config, tmp_path, mon
     with pytest.raises(TrainingInterrupted) as stop:
         train(load_config(write_config(), [interrupted]))
     assert stop.value.signum == signal.SIGTERM
-    saved = json.loads((checkpoint_dirs(tmp_path / "interrupted")[-1] / "train_state.json").read_text())
+    saved = json.loads(RunFolder(tmp_path / "interrupted").checkpoints()[-1].state.read_text())
     assert saved == {"epoch": 1, "step_in_epoch": 3, "global_step": 3}
     monkeypatch.setattr(train_module, "train_step", step)
     train(load_config(write_config(), [interrupted, "train.resume=auto"]))
@@ -153,7 +181,7 @@ def test_source_only_baseline_trains_without_a_target(write_config, tmp_path):
     config = write_config(data={"target": None}, objective={"target_branch": False, "mixup": False})
     result = train(load_config(config, ["optim.epochs=1", "optim.milestones=[1]"]))
     assert len(result.evaluations) == 1
-    assert not (checkpoint_dirs(tmp_path / "run")[-1] / "memory.safetensors").exists()
+    assert not RunFolder(tmp_path / "run").checkpoints()[-1].memory.exists()
 
 
 def test_saved_datasets_train_and_evaluate_without_their_image_folders(write_config, tmp_path):
@@ -185,3 +213,14 @@ def test_cli_refuses_bad_counts_and_unreadable_paths_in_one_line(tmp_path, capsy
     assert main(["data", "synth", str(blocker / "world"), "--domain", "a"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("reid-accel: error: ") and str(blocker) in err[0], err
+
+
+def test_init_from_starts_from_a_saved_model_strictly(write_config, tmp_path):
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "model-0.1.0"
+    run = setup(load_config(write_config(), [f"model.init_from={fixture}"]))
+    saved = load_file(fixture / "model.safetensors")
+    assert run.encoder.backbone_name == "test_efficientnet"
+    assert all(torch.equal(saved[k], v) for k, v in run.encoder.state_dict().items())
+    assert run.encoder.training, "the loaded model trains (BatchNorm in training mode)"
+    (tmp_path / "not-a-model").mkdir()
+    assert main(["train", str(write_config()), f"model.init_from={tmp_path / 'not-a-model'}"]) == 2

@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from reid_accel.config import ExperimentConfig, ObjectiveConfig
-from reid_accel.engine.train import build_objective
 from reid_accel.export import export_encoder
+from reid_accel.hub import from_pretrained, save_pretrained
+from reid_accel.methods.cail import build_objective
 from reid_accel.modeling import CrossDomainNetwork, ReIDEncoder
 from reid_accel.objectives import mix_pixels
 
@@ -76,9 +77,9 @@ def test_save_reload_and_export_keep_the_features(backbone, tmp_path):
         encoder.neck.running_mean.uniform_(-0.5, 0.5)
     x = torch.randn(3, 3, *SIZE)
     expected = encoder.embed(x)
-    encoder.save_pretrained(tmp_path / "model")
+    save_pretrained(encoder, tmp_path / "model")
 
-    reloaded = ReIDEncoder.from_pretrained(tmp_path / "model")
+    reloaded = from_pretrained(tmp_path / "model")
     assert torch.equal(reloaded.embed(x), expected)
     # The export is checked against the reloaded encoder, on `x` too, before the file is written.
     report = export_encoder(reloaded, tmp_path / "model.pt2", fmt="exported-program", batch=None, images=x)
@@ -100,7 +101,7 @@ def test_last_stride_one_halves_the_final_stride_through_output_stride(backbone)
 def test_convnext_pools_through_its_head_norm():
     encoder = build("test_convnext").eval()
     fmap = encoder.forward_features(torch.randn(2, 3, *SIZE))  # (2, C, 4, 2)
-    pooled, _ = encoder.forward_head(fmap)
+    pooled = encoder.forward_head(fmap, pre_logits=True)
     norm = encoder.backbone.head.norm
     expected = F.layer_norm(fmap.mean(dim=(2, 3)), (fmap.shape[1],), norm.weight, norm.bias, norm.eps)
     torch.testing.assert_close(pooled, expected)
@@ -111,7 +112,7 @@ def test_vit_is_built_for_the_input_size_and_pools_its_class_token():
     encoder = build("test_vit").eval()
     tokens = encoder.forward_features(torch.randn(2, 3, *SIZE))
     assert tokens.shape == (2, 1 + (64 // 16) * (32 // 16), encoder.feature_dim)  # class token + 4x2 patches
-    pooled, _ = encoder.forward_head(tokens)
+    pooled = encoder.forward_head(tokens, pre_logits=True)
     torch.testing.assert_close(pooled, tokens[:, 0])
 
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from reid_accel.errors import ConfigError, ModelLoadError
+from reid_accel.hub import from_pretrained, save_pretrained
 from reid_accel.modeling import ReIDEncoder, set_last_stride_one
 
 
@@ -20,7 +21,7 @@ def test_last_stride_one_gives_a_16x8_map_at_256x128(backbone):
     fmap = encoder.forward_features(torch.randn(1, 3, 256, 128))
     assert fmap.shape == (1, encoder.feature_dim, 16, 8)
     assert encoder.feature_dim == {"resnet18": 512, "resnet50.tv_in1k": 2048}[backbone]
-    assert encoder.forward_head(fmap)[1].shape == (1, encoder.feature_dim)
+    assert encoder.forward_head(fmap).shape == (1, encoder.feature_dim)
 
 
 @torch.no_grad()
@@ -60,7 +61,8 @@ def test_forward_head_batch_statistics_leave_running_statistics_alone():
     encoder = ReIDEncoder("test_resnet").train()
     fmap = torch.randn(6, encoder.feature_dim, 4, 2)
     before = {k: v.clone() for k, v in encoder.neck.state_dict().items()}
-    pooled, neck = encoder.forward_head(fmap, neck_batch_stats=True)
+    neck = encoder.forward_head(fmap, neck_batch_stats=True)
+    pooled = encoder.forward_head(fmap, pre_logits=True)
     torch.testing.assert_close(pooled, fmap.mean(dim=(2, 3)))
     mean, var = pooled.mean(0), pooled.var(0, unbiased=False)
     torch.testing.assert_close(neck, (pooled - mean) / torch.sqrt(var + 1e-5) * encoder.neck.weight)
@@ -73,7 +75,9 @@ def test_forward_head_batch_statistics_leave_running_statistics_alone():
 def test_batch_statistics_path_survives_syncbatchnorm_conversion():
     encoder = torch.nn.SyncBatchNorm.convert_sync_batchnorm(ReIDEncoder("test_resnet"))
     assert isinstance(encoder.neck, torch.nn.SyncBatchNorm) and not encoder.neck.bias.requires_grad
-    pooled, neck = encoder.forward_head(torch.randn(4, encoder.feature_dim, 2, 1), neck_batch_stats=True)
+    fmap = torch.randn(4, encoder.feature_dim, 2, 1)
+    neck = encoder.forward_head(fmap, neck_batch_stats=True)
+    pooled = encoder.forward_head(fmap, pre_logits=True)
     torch.testing.assert_close(neck, F.batch_norm(pooled, None, None, encoder.neck.weight, None, training=True))
 
 
@@ -131,7 +135,7 @@ def test_save_and_from_pretrained_round_trip(tmp_path, monkeypatch):
     encoder = ReIDEncoder("test_resnet", pretrained_path=str(weights), input_size=(64, 32), std=[0.2, 0.3, 0.4])
     encoder.neck.running_mean.uniform_(-1, 1)
     encoder.eval()
-    encoder.save_pretrained(tmp_path / "model")
+    save_pretrained(encoder, tmp_path / "model")
 
     assert {p.name for p in (tmp_path / "model").iterdir()} == {"model.safetensors", "config.json", "README.md"}
     config = json.loads((tmp_path / "model" / "config.json").read_text())
@@ -147,7 +151,7 @@ def test_save_and_from_pretrained_round_trip(tmp_path, monkeypatch):
         "base_model": "timm/test_resnet.r160_in1k",
     }
     weights.unlink()  # reloading must not need the ImageNet file
-    reloaded = ReIDEncoder.from_pretrained(tmp_path / "model")
+    reloaded = from_pretrained(tmp_path / "model")
     assert (reloaded.input_size, reloaded.std) == ((64, 32), [0.2, 0.3, 0.4])
     x = torch.randn(2, 3, 64, 32)
     with torch.no_grad():
@@ -162,8 +166,24 @@ def test_torch_compile_traces_the_training_forward_without_graph_breaks():
 
     def step(pixel_values):
         fmap = encoder.forward_features(pixel_values)
-        return encoder.forward_head(fmap, neck_batch_stats=True)[1]
+        return encoder.forward_head(fmap, neck_batch_stats=True)
 
     torch._dynamo.reset()
     compiled = torch.compile(step, backend="eager", fullgraph=True)
     torch.testing.assert_close(compiled(x), step(x))
+
+
+def test_gem_pooling_is_the_generalised_mean_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    encoder = ReIDEncoder("test_resnet", input_size=(64, 32), pooling="gem").eval()
+    pixels = torch.randn(2, 3, 64, 32)
+    fmap = encoder.forward_features(pixels)  # (2, C, h, w)
+    expected = fmap.clamp(min=1e-6).pow(3).mean((2, 3)).pow(1 / 3)  # p starts at 3
+    torch.testing.assert_close(encoder.backbone.forward_head(fmap, pre_logits=True), expected)
+    assert "backbone.global_pool.p" in dict(encoder.named_parameters())
+    save_pretrained(encoder, tmp_path / "gem")
+    loaded = from_pretrained(tmp_path / "gem")
+    assert loaded.pooling == "gem"
+    torch.testing.assert_close(loaded.embed(pixels), encoder.embed(pixels))
+    with pytest.raises(ConfigError, match="model.pooling=gem"):
+        ReIDEncoder("test_vit", input_size=(64, 32), last_stride=2, pooling="gem")

@@ -4,6 +4,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
+from reid_accel.hub import from_pretrained, save_pretrained
 from reid_accel.modeling import IBNResNet, InstanceBatchNorm2d, ReIDEncoder
 
 
@@ -56,7 +57,7 @@ def test_released_weights_load_through_pretrained_path_and_the_model_reloads(tmp
     assert encoder.last_stride == 1 and encoder.forward_features(torch.randn(1, 3, 64, 32)).shape[-2:] == (4, 2)
     assert encoder.base_model is None  # timm has no IBN weights repo to name
 
-    encoder.save_pretrained(tmp_path / "model")
-    reloaded = ReIDEncoder.from_pretrained(tmp_path / "model")
+    save_pretrained(encoder, tmp_path / "model")
+    reloaded = from_pretrained(tmp_path / "model")
     x = torch.randn(2, 3, 64, 32)
     assert torch.equal(reloaded.embed(x), encoder.embed(x))

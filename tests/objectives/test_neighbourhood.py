@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from reid_accel.objectives import (
-    camera_agnostic_neighborhood_loss,
-    camera_aware_neighborhood_loss,
+    camera_agnostic_neighbourhood_loss,
+    camera_aware_neighbourhood_loss,
     neighbour_statistics,
 )
 
@@ -64,7 +64,7 @@ def test_hand_worked_camera_aware_example():
     # Row camera 0, self slot 0. Intra slots {0, 1}, inter slots {2, 3}; scale 1, eps 0.8.
     sim = torch.tensor([[0.9, 0.5, 0.4, 0.1]], dtype=torch.float64)
     camids, memory_camids, slots = torch.tensor([0]), torch.tensor([0, 0, 1, 1]), torch.tensor([0])
-    intra, inter = camera_aware_neighborhood_loss(sim, camids, memory_camids, slots, scale=1.0, eps=0.8)
+    intra, inter = camera_aware_neighbourhood_loss(sim, camids, memory_camids, slots, scale=1.0, eps=0.8)
     # Intra: best non-self 0.5, so slot 1 is the only neighbour; p(1) = 1 / (1 + e^0.4), p(0) = 1 / (1 + e^-0.4).
     assert intra.item() == pytest.approx(math.log1p(math.exp(0.4)) + math.log1p(math.exp(-0.4)), abs=1e-12)
     # Inter: best 0.4, threshold 0.32: slot 2 only; p(2) = e^0.4 / (e^0.4 + e^0.1).
@@ -75,7 +75,7 @@ def test_probabilities_are_clamped_before_the_log():
     # scale 20: the neighbour's probability 1 / (1 + e^12) = 6.1e-6 is clamped to 1e-5; the instance term is not.
     sim = torch.tensor([[0.9, 0.3, 0.0]], dtype=torch.float64, requires_grad=True)
     camids, memory_camids, slots = torch.tensor([0]), torch.tensor([0, 0, 1]), torch.tensor([0])
-    intra, _ = camera_aware_neighborhood_loss(sim, camids, memory_camids, slots, scale=20.0, eps=0.8)
+    intra, _ = camera_aware_neighbourhood_loss(sim, camids, memory_camids, slots, scale=20.0, eps=0.8)
     assert intra.item() == pytest.approx(-math.log(1e-5) + math.log1p(math.exp(-12.0)), abs=1e-12)
     (grad,) = torch.autograd.grad(intra, sim)
     # Only the instance term passes a gradient: d/dsim of log(1 + e^(-20 (s0 - s1))).
@@ -85,7 +85,7 @@ def test_probabilities_are_clamped_before_the_log():
 
 def test_hand_worked_camera_agnostic_example_uses_a_strict_threshold():
     sim = torch.tensor([[0.9, 0.5, 0.4, 0.1]], dtype=torch.float64)
-    loss = camera_agnostic_neighborhood_loss(sim, torch.tensor([0]), scale=1.0, eps=0.8)
+    loss = camera_agnostic_neighbourhood_loss(sim, torch.tensor([0]), scale=1.0, eps=0.8)
     # Best non-self 0.5: 0.4 is not > 0.8 * 0.5, so slot 1 is the only neighbour; one softmax over all four slots.
     log_norm = math.log(sum(math.exp(v) for v in (0.9, 0.5, 0.4, 0.1)))
     assert loss.item() == pytest.approx(-(0.5 - log_norm) - (0.9 - log_norm), abs=1e-12)
@@ -96,7 +96,7 @@ def test_hand_worked_camera_agnostic_example_uses_a_strict_threshold():
 def test_camera_aware_matches_the_loop_reference(seed, scale, eps):
     sim, camids, memory_camids, slots = random_problem(seed)
     sim.requires_grad_(True)
-    intra, inter = camera_aware_neighborhood_loss(sim, camids, memory_camids, slots, scale=scale, eps=eps)
+    intra, inter = camera_aware_neighbourhood_loss(sim, camids, memory_camids, slots, scale=scale, eps=eps)
     ref_intra, ref_inter = reference_losses(sim, camids, memory_camids, slots, scale=scale, eps=eps)
     torch.testing.assert_close(torch.stack([intra, inter]), torch.stack([ref_intra, ref_inter]), rtol=0, atol=1e-10)
     grad = torch.autograd.grad(0.7 * intra + 0.3 * inter, sim)[0]
@@ -108,7 +108,7 @@ def test_camera_aware_matches_the_loop_reference(seed, scale, eps):
 def test_camera_agnostic_matches_the_loop_reference(seed):
     sim, camids, memory_camids, slots = random_problem(seed)
     sim.requires_grad_(True)
-    loss = camera_agnostic_neighborhood_loss(sim, slots, scale=10.0, eps=0.8)
+    loss = camera_agnostic_neighbourhood_loss(sim, slots, scale=10.0, eps=0.8)
     ref, _ = reference_losses(sim, camids, memory_camids, slots, scale=10.0, eps=0.8, camera_aware=False)
     torch.testing.assert_close(loss, ref, rtol=0, atol=1e-10)
     torch.testing.assert_close(torch.autograd.grad(loss, sim)[0], torch.autograd.grad(ref, sim)[0], rtol=0, atol=1e-10)
@@ -117,7 +117,7 @@ def test_camera_agnostic_matches_the_loop_reference(seed):
 def test_a_batch_may_hold_one_slot_twice():
     sim, camids, memory_camids, slots = random_problem(7)
     sim, camids, slots = torch.cat([sim, sim[:2]]), torch.cat([camids, camids[:2]]), torch.cat([slots, slots[:2]])
-    got = camera_aware_neighborhood_loss(sim, camids, memory_camids, slots, scale=10.0, eps=0.8)
+    got = camera_aware_neighbourhood_loss(sim, camids, memory_camids, slots, scale=10.0, eps=0.8)
     ref = reference_losses(sim, camids, memory_camids, slots, scale=10.0, eps=0.8)
     torch.testing.assert_close(torch.stack(got), torch.stack(ref), rtol=0, atol=1e-10)
 
@@ -125,7 +125,7 @@ def test_a_batch_may_hold_one_slot_twice():
 def test_gradient_of_any_sign_and_a_second_backward():
     sim, camids, memory_camids, slots = random_problem(5)
     sim.requires_grad_(True)
-    intra, inter = camera_aware_neighborhood_loss(sim, camids, memory_camids, slots, scale=10.0, eps=0.8)
+    intra, inter = camera_aware_neighbourhood_loss(sim, camids, memory_camids, slots, scale=10.0, eps=0.8)
     ref_intra, ref_inter = reference_losses(sim, camids, memory_camids, slots, scale=10.0, eps=0.8)
     objective, ref_objective = -intra + 0.5 * inter, -ref_intra + 0.5 * ref_inter  # opposite signs per group
     first = torch.autograd.grad(objective, sim, retain_graph=True)[0]
@@ -139,9 +139,11 @@ def test_gradcheck_float64():
     sim, camids, memory_camids, slots = random_problem(3, batch=4, num_slots=12)
     sim.requires_grad_(True)
     assert torch.autograd.gradcheck(
-        lambda s: camera_aware_neighborhood_loss(s, camids, memory_camids, slots, scale=10.0, eps=0.8), (sim,)
+        lambda s: camera_aware_neighbourhood_loss(s, camids, memory_camids, slots, scale=10.0, eps=0.8), (sim,)
     )
-    assert torch.autograd.gradcheck(lambda s: camera_agnostic_neighborhood_loss(s, slots, scale=10.0, eps=0.8), (sim,))
+    assert torch.autograd.gradcheck(
+        lambda s: camera_agnostic_neighbourhood_loss(s, slots, scale=10.0, eps=0.8), (sim,)
+    )
 
 
 def test_rows_without_neighbours_are_left_out_and_never_nan():
@@ -154,7 +156,7 @@ def test_rows_without_neighbours_are_left_out_and_never_nan():
     )
     memory_camids, slots = torch.tensor([0, 1, 1, 2, 2]), torch.tensor([0, 1, 2])
     camids = memory_camids[slots]
-    intra, inter = camera_aware_neighborhood_loss(sim, camids, memory_camids, slots, scale=10.0, eps=0.8)
+    intra, inter = camera_aware_neighbourhood_loss(sim, camids, memory_camids, slots, scale=10.0, eps=0.8)
     ref_intra, ref_inter = reference_losses(sim, camids, memory_camids, slots, scale=10.0, eps=0.8)
     torch.testing.assert_close(torch.stack([intra, inter]), torch.stack([ref_intra, ref_inter]), rtol=0, atol=1e-12)
     grad = torch.autograd.grad(intra + inter, sim)[0]
@@ -163,7 +165,7 @@ def test_rows_without_neighbours_are_left_out_and_never_nan():
     # No row has any neighbour: both neighbour terms are 0, intra is the instance term alone, gradients finite.
     negative = -torch.rand(3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     negative.requires_grad_(True)
-    intra, inter = camera_aware_neighborhood_loss(negative, camids, memory_camids, slots, scale=10.0, eps=0.8)
+    intra, inter = camera_aware_neighbourhood_loss(negative, camids, memory_camids, slots, scale=10.0, eps=0.8)
     assert inter.item() == 0.0
     _, ref_inter = reference_losses(negative, camids, memory_camids, slots, scale=10.0, eps=0.8)
     assert ref_inter.item() == 0.0
@@ -172,7 +174,7 @@ def test_rows_without_neighbours_are_left_out_and_never_nan():
     instance = -log_p[torch.arange(3), slots].mean()
     torch.testing.assert_close(intra, instance, rtol=0, atol=1e-12)
     assert torch.isfinite(torch.autograd.grad(intra + inter, negative)[0]).all()
-    agnostic = camera_agnostic_neighborhood_loss(negative, slots, scale=10.0, eps=0.8)
+    agnostic = camera_agnostic_neighbourhood_loss(negative, slots, scale=10.0, eps=0.8)
     assert torch.isfinite(agnostic)
 
 
@@ -185,10 +187,10 @@ def test_float32_at_scale_and_under_bf16_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         sim = F.normalize(features, dim=1) @ memory.T
         assert sim.dtype == torch.bfloat16
-        intra, inter = camera_aware_neighborhood_loss(
+        intra, inter = camera_aware_neighbourhood_loss(
             sim, memory_camids[slots], memory_camids, slots, scale=10.0, eps=0.8
         )
-        agnostic = camera_agnostic_neighborhood_loss(sim, slots, scale=10.0, eps=0.8)
+        agnostic = camera_agnostic_neighbourhood_loss(sim, slots, scale=10.0, eps=0.8)
     assert intra.dtype == inter.dtype == agnostic.dtype == torch.float32
     (intra + inter + agnostic).backward()
     assert torch.isfinite(torch.stack([intra, inter, agnostic])).all()
@@ -199,7 +201,7 @@ def test_float32_at_scale_and_under_bf16_autocast():
 def test_bad_numbers_are_rejected(scale, eps):
     sim, camids, memory_camids, slots = random_problem(0)
     with pytest.raises(ValueError, match="scale|eps"):
-        camera_aware_neighborhood_loss(sim, camids, memory_camids, slots, scale=scale, eps=eps)
+        camera_aware_neighbourhood_loss(sim, camids, memory_camids, slots, scale=scale, eps=eps)
 
 
 def test_neighbour_statistics_by_hand():

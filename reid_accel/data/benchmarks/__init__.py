@@ -15,7 +15,17 @@ from types import MappingProxyType
 from typing import Any
 
 from reid_accel.config import DomainConfig
-from reid_accel.data.benchmarks import cuhk03_np, dukemtmc, market1501, market_style, msmt17, saved, synthetic
+from reid_accel.data.benchmarks import (
+    cuhk03_np,
+    dukemtmc,
+    identity_folders,
+    market1501,
+    market_style,
+    msmt17,
+    saved,
+    synthetic,
+    table,
+)
 from reid_accel.data.records import Benchmark, SplitStats
 from reid_accel.errors import ConfigError, DatasetLayoutError
 
@@ -27,6 +37,8 @@ _BY_NAME = {
     "market_style": market_style.BENCHMARK,
     "synthetic": synthetic.BENCHMARK,
     "saved": saved.BENCHMARK,
+    "folders": identity_folders.BENCHMARK,
+    "table": table.BENCHMARK,
 }
 BENCHMARKS: Mapping[str, Benchmark] = MappingProxyType(_BY_NAME)
 ALIASES: Mapping[str, str] = MappingProxyType(
@@ -93,8 +105,23 @@ def check_root(name: str, root: Path) -> None:
         raise DatasetLayoutError(f"{root}: folder not found; expected {expected}")
 
 
-def check_domain(domain: DomainConfig, key: str) -> None:
+def has_cameras(name: str, root: str | os.PathLike, **options: Any) -> bool:
+    """Whether benchmark `name` read from `root` with `options` records camera ids, answered without parsing."""
+    _, benchmark = get_benchmark(name)
+    if benchmark.has_cameras is None:
+        return True
+    _, parse_options = split_options(name, options, root=root)
+    return benchmark.has_cameras(root, **parse_options)
+
+
+def check_domain(domain: DomainConfig, key: str, *, needs_cameras: str | None = None) -> None:
     """A config's dataset names a known benchmark, takes its options and has its folder: checked before parsing.
+
+    Args:
+        domain: the dataset's config.
+        key: its config key, named in errors.
+        needs_cameras: the setting that needs camera ids (e.g. "objective.neighbour_mode=camera_aware"), to refuse a dataset
+            without them; None when nothing does.
 
     Raises:
         ConfigError: naming the key at fault, e.g. `data.target.root: /x: folder not found; ...`.
@@ -103,11 +130,17 @@ def check_domain(domain: DomainConfig, key: str) -> None:
         ("name", lambda: get_benchmark(domain.name)),
         ("options", lambda: split_options(domain.name, domain.options, root=domain.resolved_root())),
         ("root", lambda: check_root(domain.name, domain.resolved_root())),
+        ("options", lambda: has_cameras(domain.name, domain.resolved_root(), **domain.options)),
     ):
         try:
             check()
         except DatasetLayoutError as err:
             raise ConfigError(f"{key}.{field}: {err}") from None
+    if needs_cameras is not None and not has_cameras(domain.name, domain.resolved_root(), **domain.options):
+        raise ConfigError(
+            f"{key}: {domain.name} at {domain.resolved_root()} records no camera ids, which {needs_cameras} needs; "
+            "give the cameras (see the benchmark's options) or change that setting"
+        )
 
 
 def official_stats(

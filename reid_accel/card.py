@@ -1,14 +1,21 @@
-"""The reid-accel model card: what `save_pretrained`, `push_to_hub` and `reid-accel push` write as `README.md`.
+"""The reid-accel model card, the `README.md` of every model folder, whichever path wrote it.
 
-One template for every path, so a model saved from Python and one pushed from the command line read alike: YAML
-metadata (library, tags, the timm weights training started from as `base_model`, and `model-index` results when a
-run's metrics are known), then prose, usage, results, training settings and the paper.
+One template: YAML metadata (library, tags, the timm weights training started from as `base_model`, and
+`model-index` results when the model comes from a run), then prose, usage, results, training settings and the
+paper. A run's part is read from its config object, its evaluations and the benchmark registry's titles, so the
+engine's card at the end of `train()` and the one `reid-accel push` uploads are the same card.
 """
 
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from reid_accel.config import ExperimentConfig, dump_config, load_config
+from reid_accel.data.benchmarks import get_benchmark
+from reid_accel.folders import RunFolder
 
 # The paper is not on arXiv; this is the ECCV 2020 open-access copy (ECVA).
 PAPER = "https://www.ecva.net/papers/eccv_2020/papers_ECCV/papers/123600222.pdf"
@@ -18,45 +25,53 @@ CITATION = """@inproceedings{luo2020generalizing,
   booktitle={European Conference on Computer Vision},
   year={2020}
 }"""
-DATASET_TITLES = {
-    "market1501": "Market-1501",
-    "dukemtmc": "DukeMTMC-reID",
-    "cuhk03": "CUHK03-NP",
-    "msmt17": "MSMT17",
-    "synthetic": "reid-accel synthetic world",
-    "market_style": "Market-style folder",
-}
 
 
-def _dataset_title(name: str) -> str:
-    return DATASET_TITLES.get(name, name)
+@dataclass(frozen=True)
+class TrainingRecord:
+    """What a card says of the run that trained the model: its config, its evaluations (oldest first, fractions as
+    `metrics.json` keeps them) and how it ran (`metrics.json`'s `run`: batch arithmetic, precision, packages)."""
+
+    config: ExperimentConfig
+    evaluations: tuple[Mapping[str, Any], ...]
+    run_info: Mapping[str, Any]
+
+    @classmethod
+    def read(cls, run: RunFolder) -> "TrainingRecord | None":
+        """The record a finished run folder keeps, or None when it has no metrics."""
+        if not run.metrics.is_file():
+            return None
+        metrics = json.loads(run.metrics.read_text())
+        return cls(load_config(run.config), tuple(metrics["evaluations"]), metrics["run"])
 
 
-def model_card(encoder_config: dict[str, Any], metrics: dict[str, Any] | None = None, *, repo_id: str = "") -> str:
+def _title(name: str) -> str:
+    return get_benchmark(name)[1].title
+
+
+def model_card(encoder_config: Mapping[str, Any], training: TrainingRecord | None = None, *, repo_id: str = "") -> str:
     """The model card: YAML metadata (with `model-index` results when known), then prose, usage and results.
 
     Args:
-        encoder_config: the encoder's `config.json`.
-        metrics: a training run's `metrics.json` (evaluations, run info, config), if there is one.
+        encoder_config: the encoder's `config.json` (`ReIDEncoder.export_config()`).
+        training: the run that trained the model, when the card should report it.
         repo_id: the Hub repository, used in the loading snippet.
     """
-    run_config = (metrics or {}).get("config", {})
-    data = run_config.get("data", {})
-    source = (data.get("source") or {}).get("name")
-    target = (data.get("target") or {}).get("name")
-    evaluated = (data.get("eval") or data.get("target") or data.get("source") or {}).get("name")
-    evaluations = (metrics or {}).get("evaluations", [])
+    data = training.config.data if training is not None else None
+    source = data.source.name if data is not None else None
+    target = data.target.name if data is not None and data.target is not None else None
+    evaluations = training.evaluations if training is not None else ()
     last = evaluations[-1] if evaluations else None
-    ap_mode = (last or {}).get("ap_mode", "standard")  # runs recorded before it was stored used "standard"
     results = []
-    if last is not None and evaluated:
+    if last is not None:
+        evaluated = training.config.eval_domain.name
         for key, name in (("mAP", "mAP"), ("rank1", "rank-1"), ("rank5", "rank-5"), ("rank10", "rank-10")):
             results.append(
                 EvalResult(
                     task_type="image-feature-extraction",
                     task_name="Person re-identification",
                     dataset_type=evaluated,
-                    dataset_name=_dataset_title(evaluated),
+                    dataset_name=_title(evaluated),
                     dataset_split="query/gallery",
                     metric_type=key.lower(),
                     metric_name=name,
@@ -74,26 +89,24 @@ def model_card(encoder_config: dict[str, Any], metrics: dict[str, Any] | None = 
         eval_results=results or None,
     )
     name = repo_id or "path/to/model"
-    title = (
-        f"{_dataset_title(source)} → {_dataset_title(target)}" if source and target else _dataset_title(source or "")
-    )
+    title = f"{_title(source)} → {_title(target)}" if target else _title(source) if source else ""
     lines = [
         f"# reid-accel person re-ID encoder{': ' + title if title else ''}",
         "",
         f"A `{encoder_config['backbone']}` backbone (last stride {encoder_config['last_stride']}) with a BNNeck, "
         f"producing {encoder_config.get('feature_dim', 'D')}-d features ranked by cosine similarity, trained with "
         f"camera-aware invariance learning and cross-domain mixup ([Luo, Song, Zhang, ECCV 2020]({PAPER}))"
-        + (f": labelled {_dataset_title(source)}, unlabelled {_dataset_title(target)}." if target else "."),
+        + (f": labelled {_title(source)}, unlabelled {_title(target)}." if target else "."),
         f"Input: RGB images resized to {encoder_config['input_size'][0]}x{encoder_config['input_size'][1]}, "
         f"normalised with mean {encoder_config['mean']} and std {encoder_config['std']}.",
         "",
         "## Use",
         "",
         "```python",
+        "from reid_accel.hub import from_pretrained",
         "from reid_accel.inference import embed_images",
-        "from reid_accel.modeling import ReIDEncoder",
         "",
-        f'encoder = ReIDEncoder.from_pretrained("{name}")',
+        f'encoder = from_pretrained("{name}")',
         'query = embed_images(encoder, ["query.jpg"])           # (1, D), L2-normalised',
         'gallery = embed_images(encoder, "gallery_folder/")     # (G, D)',
         "ranking = (query @ gallery.T).argsort(dim=1, descending=True)",
@@ -102,10 +115,11 @@ def model_card(encoder_config: dict[str, Any], metrics: dict[str, Any] | None = 
         f"Evaluate: `reid-accel eval {name} --dataset market1501 --root Market-1501-v15.09.15`. "
         f"Export: `reid-accel export {name} --format onnx --output reid.onnx`.",
     ]
-    if metrics and metrics.get("evaluations"):
+    if last is not None:
+        ap_mode = last.get("ap_mode", "standard")  # runs recorded before it was stored used "standard"
         lines += [
             "",
-            f"## Results on {_dataset_title(evaluated)} ({ap_mode} AP, Market-1501 protocol)",
+            f"## Results on {_title(training.config.eval_domain.name)} ({ap_mode} AP, Market-1501 protocol)",
             "",
             "| epoch | mAP | rank-1 | rank-5 | rank-10 |",
             "|---:|---:|---:|---:|---:|",
@@ -113,10 +127,10 @@ def model_card(encoder_config: dict[str, Any], metrics: dict[str, Any] | None = 
         lines += [
             f"| {e['epoch']} | {100 * e['mAP']:.1f} | {100 * e['rank1']:.1f} | {100 * e['rank5']:.1f} "
             f"| {100 * e['rank10']:.1f} |"
-            for e in metrics["evaluations"]
+            for e in evaluations
         ]
-    if metrics and metrics.get("run"):
-        run = metrics["run"]
+    if training is not None:
+        run = training.run_info
         lines += [
             "",
             "## Training",
@@ -131,7 +145,7 @@ def model_card(encoder_config: dict[str, Any], metrics: dict[str, Any] | None = 
             "<details><summary>Full training configuration</summary>",
             "",
             "```yaml",
-            yaml.safe_dump(run_config, sort_keys=False).rstrip(),
+            dump_config(training.config).rstrip(),
             "```",
             "</details>",
         ]
