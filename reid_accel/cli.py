@@ -8,6 +8,7 @@
     reid-accel push RUN_OR_MODEL_DIR --repo-id USER/NAME [--private]        # share a model on the Hub
     reid-accel export MODEL --format onnx --output reid.onnx [--batch dynamic] [--half]   # for other runtimes
     reid-accel embed MODEL FOLDER --output features.safetensors              # features of a folder of images
+    reid-accel search build|add|query ...                                   # a saved gallery; find a person in it
 
 Each sub-command is a parser built by an `_add_*` function and a handler `(args) -> int` set as the parser's
 `handler` default; handlers import what they need, so `--help` answers without loading torch. Input mistakes
@@ -397,6 +398,118 @@ def _add_embed_command(commands: argparse._SubParsersAction) -> None:
     embed.set_defaults(handler=_embed)
 
 
+def _search_build(args: argparse.Namespace) -> int:
+    from reid_accel.engine.state import load_encoder
+    from reid_accel.gallery import GalleryIndex, check_pattern
+    from reid_accel.inference import list_images
+
+    if args.output.exists():
+        raise ReidAccelError(f"{args.output}: already exists; grow it with `reid-accel search add`")
+    check_pattern(args.pattern)
+    files = list_images(args.folder.resolve())
+    gallery = GalleryIndex.from_images(
+        load_encoder(args.model), files, pattern=args.pattern, batch_size=args.batch_size, device=args.device
+    )
+    if args.approximate:
+        gallery.build_approximate(args.approximate)
+    gallery.save(args.output)
+    print(f"{len(gallery)} crops -> gallery {args.output} ({gallery.dim}-d, model {gallery.model_id})")
+    return 0
+
+
+def _search_add(args: argparse.Namespace) -> int:
+    from reid_accel.engine.state import load_encoder
+    from reid_accel.gallery import GalleryIndex
+    from reid_accel.inference import list_images
+
+    gallery = GalleryIndex.load(args.gallery)
+    files = list_images(args.folder.resolve())
+    gallery.add(
+        GalleryIndex.from_images(
+            load_encoder(args.model), files, pattern=gallery.pattern, batch_size=args.batch_size, device=args.device
+        )
+    )
+    gallery.save(args.gallery)
+    print(f"added {len(files)} crops -> gallery {args.gallery} now holds {len(gallery)}")
+    return 0
+
+
+def _search_query(args: argparse.Namespace) -> int:
+    from reid_accel.engine.state import load_encoder
+    from reid_accel.gallery import GalleryIndex
+    from reid_accel.inference import list_images
+
+    gallery = GalleryIndex.load(args.gallery)
+    queries = [path for item in args.queries for path in (list_images(item) if item.is_dir() else [item])]
+    missing = [str(path) for path in queries if not path.is_file()]
+    if missing:
+        raise ReidAccelError(f"{missing[0]}: no such query image")
+    if args.approximate and gallery.approximate is None:
+        raise ReidAccelError(f"{args.gallery}: has no approximate index; build it with --approximate")
+    own = {"cameras": [args.camera] * len(queries)} if args.camera is not None else {}
+    own |= {"times": [args.time] * len(queries)} if args.time is not None else {}
+    results = gallery.search_images(
+        load_encoder(args.model),
+        queries,
+        args.k,
+        device=args.device,
+        exclude_same_camera=args.exclude_same_camera,
+        window=args.window,
+        approximate=args.approximate,
+        **own,
+    )
+    print(f"{'query':<24} {'rank':>4} {'score':>7} {'camera':>7} {'time':>9}  path")
+    for row in results.rows():
+        time_text = "" if row["time"] is None else f"{row['time']:g}"
+        camera = row["camera"] or ""
+        print(
+            f"{Path(row['query']).name:<24} {row['rank']:>4} {row['score']:>7.4f} {camera:>7} {time_text:>9}  {row['path']}"
+        )
+    if args.table:
+        results.write_csv(args.table)
+    if args.picture:
+        gallery.plot(results, queries, args.picture, top_k=args.k)
+    return 0
+
+
+def _add_search_commands(commands: argparse._SubParsersAction) -> None:
+    search = commands.add_parser("search", help="a saved gallery of crops: build it, grow it, find a person in it")
+    search_commands = search.add_subparsers(dest="search_command", required=True, metavar="SUBCOMMAND")
+    build = search_commands.add_parser("build", help="embed every crop below a folder into a new gallery")
+    build.add_argument("model", help=MODEL_HELP)
+    build.add_argument("folder", type=Path, help="crops below this folder, any depth")
+    build.add_argument("--output", required=True, type=Path, help="the gallery folder to create")
+    build.add_argument(
+        "--pattern",
+        help="regular expression read from each crop's path, with named groups among person, camera, frame, time, "
+        r"e.g. 'cam(?P<camera>\d+)/(?P<frame>\d+)'",
+    )
+    build.add_argument("--approximate", choices=("hnsw", "ivf"), help="also build a faiss index (needs faiss-cpu)")
+    add = search_commands.add_parser("add", help="embed more crops into a gallery (its model and pattern)")
+    add.add_argument("gallery", type=Path, help="a gallery folder")
+    add.add_argument("model", help=MODEL_HELP)
+    add.add_argument("folder", type=Path, help="crops below this folder, any depth")
+    query = search_commands.add_parser("query", help="the gallery crops closest to each query crop")
+    query.add_argument("gallery", type=Path, help="a gallery folder")
+    query.add_argument("model", help=MODEL_HELP + " (the gallery's own model)")
+    query.add_argument("queries", nargs="+", type=Path, help="query images or folders of them")
+    query.add_argument("-k", type=_count(1), default=10, help="results per query (default 10)")
+    query.add_argument("--exclude-same-camera", action="store_true", help="drop the query's own camera")
+    query.add_argument("--window", type=float, help="drop the query camera's crops within this time of the query")
+    query.add_argument("--camera", help="the queries' camera (default: read by the gallery's pattern)")
+    query.add_argument("--time", type=float, help="the queries' time (default: read by the gallery's pattern)")
+    query.add_argument("--approximate", action="store_true", help="search the gallery's faiss index")
+    query.add_argument("--table", type=Path, help="write the results as CSV")
+    query.add_argument("--picture", type=Path, help="write each query beside its top-k crops as PNG")
+    for sub in (build, add, query):
+        sub.add_argument("--device", help="e.g. cuda, cpu (default: the model's device, cpu)")
+    for sub in (build, add):
+        sub.add_argument("--batch-size", type=_count(1), default=64, help="images per forward pass (default 64)")
+    build.set_defaults(handler=_search_build)
+    add.set_defaults(handler=_search_add)
+    query.set_defaults(handler=_search_query)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `reid-accel` parser; each command group adds its sub-commands here."""
     parser = argparse.ArgumentParser(
@@ -409,6 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_push_command(commands)
     _add_export_command(commands)
     _add_embed_command(commands)
+    _add_search_commands(commands)
     return parser
 
 

@@ -16,9 +16,10 @@ then times the method; memory is reported as the peak resident set over the data
 get the thread settings the `reid-accel` command gives (`OMP_WAIT_POLICY=PASSIVE` unless the environment sets
 it). Methods:
 
-    numpy      normalise + full Q x G cosine-similarity matrix with numpy's matmul (the baseline of the ratios)
-    product    the same with torch's matmul (the floor any evaluation pays, with torch's BLAS)
-    ours       reid_accel.metrics.rank_metrics (blockwise product + exact ranking)
+    numpy      normalise + full Q x G cosine-similarity matrix with numpy's matmul (OpenBLAS)
+    product    the same with torch's matmul (MKL); ratios are to the faster of these two bare products
+    ours       reid_accel.metrics.rank_metrics (blockwise product + exact ranking), the product it measures faster
+    ours-numpy, ours-torch   the same with REID_ACCEL_CPU_MATMUL fixing numpy's or torch's product
     module     the same through the shipped `evaluate` module (`metric.compute(features=..., ...)`)
     torchreid  torchreid's Cython ``evaluate_cy`` on the cosine distance matrix (product time reported apart)
     rerank     reid_accel.metrics.rerank_distance + rank_metrics_from_distance (market only by default)
@@ -29,6 +30,11 @@ torchreid's evaluator is not on PyPI: build ``rank_cy`` from github.com/KaiyangZ
     python scripts/bench_eval.py --scale market --rank-cy-dir /work/ext/rank_cylib
     python scripts/bench_eval.py --scale msmt --methods numpy product ours torchreid --rank-cy-dir /work/ext/rank_cylib
     python scripts/bench_eval.py --scale small --methods numpy ours module --repeat 5
+
+The header line names the CPU, the product `rank_metrics` picked, numpy's BLAS kernel (threadpoolctl) and the
+OpenBLAS variables that change it: where ``OPENBLAS_CORETYPE`` or ``OPENBLAS_L2_SIZE`` are set, OpenBLAS may run
+a slower kernel than the CPU allows; run with ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE`` to measure the
+kernel OpenBLAS picks itself.
 """
 
 import argparse
@@ -108,8 +114,12 @@ def worker(args) -> dict:
         del qf, gf
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS mark: count the method only
     base_kib = _status_kib("VmRSS")
-    if args.worker in ("ours", "ours-trapezoid", "rerank"):
-        import reid_accel.metrics  # noqa: F401  (import outside the timed region)
+    if args.worker.startswith(("ours", "rerank")):
+        from reid_accel.metrics.product import ENV_VAR, cpu_backend
+
+        if args.worker in ("ours-numpy", "ours-torch"):
+            os.environ[ENV_VAR] = args.worker.removeprefix("ours-")
+        cpu_backend()  # the probe runs once per process: outside the timed region, as in any long-lived process
     out = {"method": args.worker}
     cpu_start = _cpu_seconds()
     start = time.perf_counter()
@@ -121,7 +131,7 @@ def worker(args) -> dict:
         scores = F.normalize(qf, dim=1) @ F.normalize(gf, dim=1).T  # (Q, G)
         out["seconds"] = time.perf_counter() - start
         del scores
-    elif args.worker in ("ours", "ours-trapezoid"):
+    elif args.worker in ("ours", "ours-trapezoid", "ours-numpy", "ours-torch"):
         from reid_accel.metrics import rank_metrics
 
         mode = "trapezoid" if args.worker == "ours-trapezoid" else "standard"
@@ -157,6 +167,31 @@ def worker(args) -> dict:
     return out
 
 
+def _cpu_model() -> str:
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    fields = dict(
+        line.split(":", 1)
+        for line in lines
+        if ":" in line and line.split(":")[0].strip() in ("vendor_id", "model name")
+    )
+    return " ".join(value.strip() for value in fields.values())
+
+
+def _numpy_blas() -> str:
+    from threadpoolctl import threadpool_info
+
+    blas = [i for i in threadpool_info() if i["user_api"] == "blas" and "numpy" in i["filepath"]]
+    kernels = ", ".join(f"{i['internal_api']} {i['version']} kernel {i.get('architecture')}" for i in blas)
+    variables = {name: os.environ.get(name) for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    return f"{kernels or 'unknown'} ({', '.join(f'{k}={v}' for k, v in variables.items())})"
+
+
+def _picked_product() -> str:
+    from reid_accel.metrics.product import cpu_backend
+
+    return cpu_backend()
+
+
 def _median_ratio(rounds: list[dict], method: str, products: list[str], key: str) -> float:
     """Median over rounds of the method's `key` (wall or CPU seconds) over that round's fastest product."""
     return statistics.median(r[method][key] / min(r[m][key] for m in products) for r in rounds)
@@ -184,6 +219,7 @@ def run(args) -> None:
         f"seed={args.seed} torch {torch.__version__} threads={torch.get_num_threads()} "
         f"OMP_WAIT_POLICY={env['OMP_WAIT_POLICY']} numpy {np.__version__} load average {os.getloadavg()[0]:.1f}"
     )
+    print(f"CPU: {_cpu_model()}; numpy's BLAS: {_numpy_blas()}; the product rank_metrics picks: {_picked_product()}")
     rounds = []
     for round_index in range(args.repeat):
         results = {}

@@ -25,6 +25,7 @@ LAYER = (
         "export": 4,
         "card": 4.5,
         "hub": 5,
+        "gallery": 5,
         "engine": 6,
         "cli": 7,
         "train": 8,

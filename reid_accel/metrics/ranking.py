@@ -23,18 +23,17 @@ are then settled exactly on the original scores and gallery indices), and a hist
 every match's position. Cost: the similarity product plus a few linear passes over each block and over the
 candidates; memory: one ``(chunk, G)`` block of scores at a time.
 
+Product: `product.similarity`, the faster of torch's and numpy's CPU matmul on this machine (measured once).
+
 Devices: CUDA blocks are ranked by the torch code here (`_block_ranks`). CPU blocks are ranked by
 `cpu_ranking.match_positions`, the same positions with numpy over a thread pool, where each query's two deepest
 matches are counted densely (see that module for why).
 """
 
 import dataclasses
-import functools
 import logging
 import math
-import re
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -42,6 +41,7 @@ import torch
 
 from reid_accel.errors import ReidAccelError
 from reid_accel.metrics.cpu_ranking import match_positions
+from reid_accel.metrics.product import similarity
 
 logger = logging.getLogger(__name__)
 
@@ -118,10 +118,7 @@ def rank_metrics(
     buffer = torch.empty((min(chunk_size, len(query)), len(gallery)), dtype=dtype, device=target)
 
     def scores(start: int, stop: int) -> torch.Tensor:
-        if target.type == "cpu" and _numpy_blas_is_faster():
-            np.matmul(query[start:stop].numpy(), gallery.numpy().T, out=buffer[: stop - start].numpy())
-            return buffer[: stop - start]
-        return torch.matmul(query[start:stop], gallery.T, out=buffer[: stop - start])  # (c, G_kept)
+        return similarity(query[start:stop], gallery, out=buffer[: stop - start])  # (c, G_kept)
 
     return _evaluate(
         scores, protocol, target, ap_mode=ap_mode, max_rank=max_rank, chunk_size=chunk_size, bound=_COSINE_BOUND
@@ -199,7 +196,7 @@ def top_k_gallery(
         raise ReidAccelError(f"query_indices={rows.tolist()}; expected indices into {len(query)} queries")
     dtype = torch.promote_types(query.dtype, gallery.dtype)
     query = unit_rows(query[rows].to(dtype), "query_features")
-    scores = query @ unit_rows(gallery.to(dtype), "gallery_features").T  # (n, G)
+    scores = similarity(query, unit_rows(gallery.to(dtype), "gallery_features"))  # (n, G)
     same_pid = q_pids[rows, None] == g_pids[None, :]  # (n, G)
     same_camera = (q_cams[rows, None] == g_cams[None, :]) & (q_cams[rows, None] != NO_CAMERA)  # (n, G)
     excluded = (same_pid & same_camera) | (g_pids == JUNK_PID)[None, :]
@@ -262,27 +259,6 @@ class _Protocol:
 def _numpy_on(device: torch.device) -> bool:
     """Whether blocks on `device` are ranked by `cpu_ranking` (numpy, the CPU) rather than `_block_ranks` (CUDA)."""
     return device.type == "cpu"
-
-
-@functools.cache
-def _numpy_blas_is_faster() -> bool:
-    """Whether the CPU similarity product should use numpy's BLAS (OpenBLAS in its wheels) rather than torch's.
-
-    torch's CPU wheels multiply with MKL, which takes a slower path on CPUs not made by Intel: at Market scale it
-    was reported to need 1.7-2.9x numpy's time on an AMD EPYC, and is within about 15 % of numpy's either way on
-    an Intel Xeon (BENCHMARKS.md).
-    """
-    vendor = _cpu_vendor()
-    return torch.backends.mkl.is_available() and vendor is not None and vendor != "GenuineIntel"
-
-
-def _cpu_vendor() -> str | None:
-    """The CPU's vendor id (``GenuineIntel``, ``AuthenticAMD``, ...), or None where /proc/cpuinfo cannot tell."""
-    try:
-        found = re.search(r"^vendor_id\s*:\s*(\S+)", Path("/proc/cpuinfo").read_text(), flags=re.M)
-    except OSError:
-        return None
-    return found.group(1) if found else None
 
 
 def product_rows(chunk_size: int | None, num_query: int, num_gallery: int, device: torch.device) -> int:

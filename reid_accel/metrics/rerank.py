@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from reid_accel.errors import ReidAccelError
+from reid_accel.metrics.product import similarity
 from reid_accel.metrics.ranking import ArrayLike, as_features, product_rows, resolve_device, unit_rows
 
 logger = logging.getLogger(__name__)
@@ -299,7 +300,7 @@ def _nearest(
     row_max = (torch.empty if row_normalised else torch.ones)(num_items, dtype=features.dtype, device=features.device)
     buffer = torch.empty((min(chunk_size, num_items), num_items), dtype=features.dtype, device=features.device)
     for start, stop in _spans(num_items, chunk_size):
-        block = torch.matmul(features[start:stop], features.T, out=buffer[: stop - start])  # (c, N)
+        block = similarity(features[start:stop], features, out=buffer[: stop - start])  # (c, N)
         block.mul_(-2.0).add_(2.0).clamp_(min=0.0)  # squared distance of unit vectors
         if row_normalised:
             row_max[start:stop] = block.amax(1)

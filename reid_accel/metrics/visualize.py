@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 # Rank-list cell: re-ID crops are 1:2 (width:height); shown at 64 x 128 pixels each.
 _CELL_PIXELS = (64, 128)
-_RIGHT, _WRONG, _QUERY = "#1a9850", "#d73027", "#2c7bb6"
+_RIGHT, _WRONG, _QUERY, _UNKNOWN = "#1a9850", "#d73027", "#2c7bb6", "#969696"
 ImageSource = str | Path | PIL.Image.Image
 
 
@@ -72,15 +72,17 @@ def plot_rank_list(
     query_images: Sequence[ImageSource],
     gallery_images: Sequence[ImageSource] | Mapping[int, ImageSource],
     ranked_indices: np.ndarray,
-    matches: np.ndarray,
-    query_camids: Sequence[int],
-    gallery_camids: Sequence[int],
+    matches: np.ndarray | None,
+    query_camids: Sequence[int | str],
+    gallery_camids: Sequence[int | str] | Mapping[int, int | str],
     path: str | Path,
     *,
     num_queries: int = 4,
     top_k: int = 10,
+    scores: np.ndarray | None = None,
 ) -> Path:
-    """Draws one row per query: the query image, then its top-k gallery images framed green (same id) or red.
+    """Draws one row per query: the query image, then its top-k gallery images framed green (same id) or red
+    (grey where the ids are unknown).
 
     Images are files or PIL images (a split that stores its images has no files to read).
 
@@ -88,29 +90,31 @@ def plot_rank_list(
         query_images: (n,) the ranked queries (row i of ``ranked_indices`` belongs to query i).
         gallery_images: the gallery by index: every image, or a mapping holding at least the ranked ones.
         ranked_indices: (n, >= top_k) gallery indices, best first; -1 leaves a cell empty (see `top_k_gallery`).
-        matches: (n, >= top_k) bool, True where the gallery item has the query's id.
+        matches: (n, >= top_k) bool, True where the gallery item has the query's id; None: ids unknown.
         query_camids: (n,) camera ids of the queries, shown under each image.
-        gallery_camids: (G,) camera ids of the gallery.
+        gallery_camids: (G,) camera ids of the gallery, or a mapping holding at least the ranked ones.
         path: PNG file to write (its folder is created).
         num_queries: rows drawn (the first ones).
         top_k: gallery images per row.
+        scores: (n, >= top_k) similarities, shown under each gallery image when given.
 
     Returns:
         The written path.
     """
     ranked = np.asarray(ranked_indices)
-    hits = np.asarray(matches, dtype=bool)
+    hits = np.asarray(matches, dtype=bool) if matches is not None else None
+    shape = hits.shape if hits is not None else ranked.shape
     rows = min(num_queries, len(query_images))
-    if ranked.ndim != 2 or ranked.shape != hits.shape or len(ranked) < rows or ranked.shape[1] < top_k:
+    if ranked.ndim != 2 or ranked.shape != shape or len(ranked) < rows or ranked.shape[1] < top_k:
         raise ReidAccelError(
-            f"ranked_indices {ranked.shape} / matches {hits.shape}; expected equal shapes (n, >= {top_k}) "
-            f"with n >= {rows}"
+            f"ranked_indices {ranked.shape} / matches {shape}; expected equal shapes (n, >= {top_k}) with n >= {rows}"
         )
     if len(query_camids) != len(query_images):
         raise ReidAccelError(f"{len(query_images)} query images / {len(query_camids)} query camids; expected equal")
     drawn = {int(i) for i in ranked[:rows, :top_k].flat if i >= 0}
     with_image = gallery_images.keys() if isinstance(gallery_images, Mapping) else range(len(gallery_images))
-    lacking = sorted(i for i in drawn if i not in with_image or i >= len(gallery_camids))
+    with_camid = gallery_camids.keys() if isinstance(gallery_camids, Mapping) else range(len(gallery_camids))
+    lacking = sorted(i for i in drawn if i not in with_image or i not in with_camid)
     if lacking:
         raise ReidAccelError(f"ranked gallery items {lacking[:5]} have no image or no camid")
     if rows < 1 or top_k < 1:
@@ -118,7 +122,7 @@ def plot_rank_list(
             f"num_queries={num_queries}, top_k={top_k} with {len(query_images)} queries; expected >= 1"
         )
     figure_cls, canvas_cls = _matplotlib("plot_rank_list")
-    cell_w, cell_h = 0.85, 1.95  # inches per image column / row, labels included
+    cell_w, cell_h = 0.85, 1.95 + (0.15 if scores is not None else 0.0)  # inches per column / row, labels included
     height = cell_h * rows + 0.2
     fig = figure_cls(figsize=(cell_w * (top_k + 1.4), height), dpi=100)
     canvas_cls(fig)
@@ -131,8 +135,11 @@ def plot_rank_list(
             if index < 0:
                 ax.set_axis_off()
                 continue
-            color = _RIGHT if hits[row, rank] else _WRONG
-            _image_cell(ax, gallery_images[index], color, f"#{rank + 1}\ncam {gallery_camids[index]}")
+            color = _UNKNOWN if hits is None else _RIGHT if hits[row, rank] else _WRONG
+            label = f"#{rank + 1}\ncam {gallery_camids[index]}"
+            if scores is not None:
+                label += f"\n{scores[row, rank]:.3f}"
+            _image_cell(ax, gallery_images[index], color, label)
     fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.1 / height, bottom=0.45 / height)
     return _save(fig, path)
 

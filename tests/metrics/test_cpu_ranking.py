@@ -1,4 +1,4 @@
-"""The CPU ranking (numpy, in chunks over threads) against the torch ranking, and the CPU product's BLAS."""
+"""The CPU ranking (numpy, in chunks over threads) against the torch ranking."""
 
 import numpy as np
 import pytest
@@ -28,17 +28,3 @@ def test_numpy_positions_equal_the_torch_ones_in_any_chunking(seed, monkeypatch)
         found = cpu_ranking.match_positions(block.numpy(), *(t.numpy() for t in pairs), bound=None, workers=workers)
         for ours, theirs in zip(found, expected, strict=True):
             np.testing.assert_array_equal(ours, theirs)
-
-
-@pytest.mark.parametrize(
-    ("vendor", "mkl", "expected"),
-    [("GenuineIntel", True, False), ("AuthenticAMD", True, True), ("AuthenticAMD", False, False), (None, True, False)],
-)
-def test_numpy_multiplies_where_mkl_runs_on_another_vendors_cpu(monkeypatch, vendor, mkl, expected):
-    monkeypatch.setattr(ranking, "_cpu_vendor", lambda: vendor)
-    monkeypatch.setattr(torch.backends.mkl, "is_available", lambda: mkl)
-    ranking._numpy_blas_is_faster.cache_clear()
-    try:
-        assert ranking._numpy_blas_is_faster() is expected
-    finally:
-        ranking._numpy_blas_is_faster.cache_clear()

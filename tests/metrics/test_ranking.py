@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from reid_accel.errors import ReidAccelError
-from reid_accel.metrics import cpu_ranking, rank_metrics, rank_metrics_from_distance, ranking, top_k_gallery
+from reid_accel.metrics import cpu_ranking, product, rank_metrics, rank_metrics_from_distance, ranking, top_k_gallery
 
 
 @pytest.fixture(params=["numpy", "numpy-small-chunks-numpy-blas", "torch"], autouse=True)
@@ -16,7 +16,7 @@ def ranking_path(request, monkeypatch):
         monkeypatch.setattr(ranking, "_numpy_on", lambda device: False)
     elif request.param == "numpy-small-chunks-numpy-blas":
         monkeypatch.setattr(cpu_ranking, "_CHUNK_ENTRIES", 1000)
-        monkeypatch.setattr(ranking, "_numpy_blas_is_faster", lambda: True)
+        monkeypatch.setenv(product.ENV_VAR, "numpy")
     return request.param
 
 
