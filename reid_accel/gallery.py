@@ -294,7 +294,7 @@ class GalleryIndex:
 
         Args:
             queries: (n, D) or (D,) features (normalised here).
-            k: results per query; fewer rows left than k pads with -1.
+            k: results per query, at most the gallery's rows; fewer rows left after the exclusions pads with -1.
             model_id: the identity of the model that embedded the queries; refused if the index records another.
             cameras: (n,) the queries' cameras (for the exclusions); None where unknown.
             times: (n,) the queries' times, in the unit of the gallery's ``time`` column.
@@ -314,7 +314,7 @@ class GalleryIndex:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InputError(f"k={k!r}; expected a positive whole number")
         if k > len(self):
-            logger.warning("k=%d but the gallery holds %d rows: every row is returned", k, len(self))
+            raise InputError(f"k={k} is larger than the gallery ({len(self)} rows); ask for at most {len(self)}")
         if window is not None and not (window >= 0):
             raise InputError(f"window={window!r}; expected a time span >= 0")
         query = unit_rows(query, "query features")
