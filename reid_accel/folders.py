@@ -62,6 +62,12 @@ class CheckpointFolder:
         return self.root / "config.yaml"
 
     @property
+    def encoder(self) -> Path:
+        """The encoder's constructor arguments (a model folder's `config.json`), which rebuild it whatever the run
+        started from (`model.init_from`)."""
+        return self.root / "encoder.json"
+
+    @property
     def weights(self) -> Path:
         """The prepared network's weights, under the name accelerate's `save_state` gives the first model."""
         return self.root / "model.safetensors"

@@ -93,20 +93,7 @@ def from_pretrained(
         raise ModelLoadError(f"{config_path}: not a valid JSON config ({err})") from None
     if not isinstance(config, dict):
         raise ModelLoadError(f"{config_path}: expected a JSON object of constructor arguments")
-    recorded_dim = config.pop("feature_dim", None)
-    allowed = sorted(set(inspect.signature(ReIDEncoder.__init__).parameters) - {"self"})
-    unknown = sorted(set(config) - set(allowed))
-    if unknown:
-        raise ModelLoadError(f"{config_path}: unknown key(s) {', '.join(unknown)}; expected {', '.join(allowed)}")
-    config.update(pretrained=False, pretrained_path=None)
-    try:
-        model = ReIDEncoder(**config)
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise ModelLoadError(f"{config_path}: cannot build the encoder ({err})") from None
-    if recorded_dim is not None and recorded_dim != model.feature_dim:
-        raise ModelLoadError(
-            f"{config_path}: feature_dim {recorded_dim} does not match {config.get('backbone')} ({model.feature_dim})"
-        )
+    model = encoder_from_config(config, source=str(config_path))
     weights_path = fetch(names.weights)
     try:
         state = load_file(weights_path, device=map_location)
@@ -114,6 +101,28 @@ def from_pretrained(
         raise ModelLoadError(f"{weights_path}: not a readable safetensors file ({err})") from None
     load_weights_strictly(model, state, source=f"{weights_path}: weights do not match the config")
     return model.eval()
+
+
+def encoder_from_config(config: dict, *, source: str) -> ReIDEncoder:
+    """A randomly initialised encoder built from a saved `ReIDEncoder.export_config()`, strictly: an unknown key, a
+    config that cannot build, or a `feature_dim` the backbone does not give is a `ModelLoadError` naming `source`.
+    ImageNet weights are never fetched."""
+    config = dict(config)
+    recorded_dim = config.pop("feature_dim", None)
+    allowed = sorted(set(inspect.signature(ReIDEncoder.__init__).parameters) - {"self"})
+    unknown = sorted(set(config) - set(allowed))
+    if unknown:
+        raise ModelLoadError(f"{source}: unknown key(s) {', '.join(unknown)}; expected {', '.join(allowed)}")
+    config.update(pretrained=False, pretrained_path=None)
+    try:
+        model = ReIDEncoder(**config)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ModelLoadError(f"{source}: cannot build the encoder ({err})") from None
+    if recorded_dim is not None and recorded_dim != model.feature_dim:
+        raise ModelLoadError(
+            f"{source}: feature_dim {recorded_dim} does not match {config.get('backbone')} ({model.feature_dim})"
+        )
+    return model
 
 
 def load_weights_strictly(encoder: ReIDEncoder, state: dict[str, torch.Tensor], *, source: str) -> None:

@@ -26,7 +26,7 @@ from reid_accel.config import ExperimentConfig, load_config
 from reid_accel.errors import ConfigError, ModelLoadError, first_line
 from reid_accel.fileio import atomic_path, share_as_umask, write_text_atomic
 from reid_accel.folders import CheckpointFolder, RunFolder, find_model_folder
-from reid_accel.hub import from_pretrained, load_weights_strictly
+from reid_accel.hub import encoder_from_config, from_pretrained, load_weights_strictly
 from reid_accel.modeling import ReIDEncoder
 from reid_accel.modeling.encoder import imagenet_weights_id
 
@@ -77,7 +77,11 @@ def _writes_checkpoints(accelerator: Accelerator) -> bool:
 
 
 def save_checkpoint(
-    accelerator: Accelerator, state: TrainState, memory: torch.nn.Module | None, config_yaml: str
+    accelerator: Accelerator,
+    state: TrainState,
+    memory: torch.nn.Module | None,
+    config_yaml: str,
+    encoder_config: dict[str, Any],
 ) -> CheckpointFolder:
     """Save everything needed to resume; every process calls this (each saves its own RNG state).
 
@@ -86,7 +90,8 @@ def save_checkpoint(
         state: the progress counters.
         memory: the method's state tensors, as the buffers of a module identical on every process (the exemplar
             memory); its `state_dict` is saved, and restored by `load_state_dict`. None when there is none.
-        config_yaml: the resolved config, to rebuild the network from the checkpoint alone.
+        config_yaml: the resolved config.
+        encoder_config: the encoder's `export_config()`, to rebuild it from the checkpoint alone.
 
     The counters are written last: a folder without them is incomplete (the run died while saving).
     """
@@ -99,6 +104,7 @@ def save_checkpoint(
             with atomic_path(checkpoint.memory) as tmp:
                 save_file(tensors, tmp)
         write_text_atomic(checkpoint.config, config_yaml)
+        write_text_atomic(checkpoint.encoder, json.dumps(encoder_config, indent=2, sort_keys=True))
         share_as_umask(checkpoint.root)  # accelerate's weights come out 0o600 (safetensors' own temporary file)
         write_text_atomic(checkpoint.state, json.dumps(asdict(state)))  # last: marks the folder complete
     accelerator.wait_for_everyone()
@@ -152,27 +158,33 @@ def encoder_arguments(cfg: ExperimentConfig) -> dict[str, Any]:
 
 
 def encoder_from_checkpoint(checkpoint: CheckpointFolder) -> ReIDEncoder:
-    """The encoder of a training checkpoint, rebuilt from its config and given the checkpoint's weights strictly.
+    """The encoder of a training checkpoint, rebuilt from its stored constructor arguments (checkpoints written
+    before they were stored: from the run config) and given the checkpoint's weights strictly.
 
-    The weights file holds the whole training network (`encoder.*` beside the classifier), under DDP's `module.`
+    The weights file holds the whole training network (`encoder.*` beside the method's head), under DDP's `module.`
     prefix when it was saved wrapped; every encoder key must be there and nothing else under `encoder.`.
     """
     try:
-        cfg = load_config(checkpoint.config)
-        arguments = encoder_arguments(cfg)
-        started_from_imagenet = arguments["pretrained"] or arguments["pretrained_path"] is not None
-        base_model = imagenet_weights_id(cfg.model.backbone) if started_from_imagenet else None
-        arguments.update(pretrained=False, pretrained_path=None, base_model=base_model)  # the card still names it
-        encoder = ReIDEncoder(**arguments)
+        if checkpoint.encoder.is_file():
+            encoder = encoder_from_config(json.loads(checkpoint.encoder.read_text()), source=str(checkpoint.encoder))
+        else:
+            cfg = load_config(checkpoint.config)
+            arguments = encoder_arguments(cfg)
+            started_from_imagenet = arguments["pretrained"] or arguments["pretrained_path"] is not None
+            base_model = imagenet_weights_id(cfg.model.backbone) if started_from_imagenet else None
+            arguments.update(pretrained=False, pretrained_path=None, base_model=base_model)  # the card still names it
+            encoder = ReIDEncoder(**arguments)
         weights = load_file(checkpoint.weights)
-    except (ConfigError, OSError, SafetensorError) as err:
+    except (ConfigError, OSError, SafetensorError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ModelLoadError(f"{checkpoint.root}: not a readable checkpoint ({first_line(err)})") from None
     state = {}
     for key, value in weights.items():
         key = key.removeprefix("module.")
         if key.startswith("encoder."):
             state[key.removeprefix("encoder.")] = value
-    load_weights_strictly(encoder, state, source=f"{checkpoint.root}: checkpoint does not match {cfg.model.backbone}")
+    load_weights_strictly(
+        encoder, state, source=f"{checkpoint.root}: checkpoint does not match {encoder.backbone_name}"
+    )
     return encoder.eval()
 
 

@@ -476,7 +476,7 @@ def end_epoch(
         if accelerator.is_main_process:
             recorder.record_evaluation(epoch, metrics)
     if epoch % cfg.train.checkpoint_interval == 0 or last:
-        return save_checkpoint(accelerator, run.state, run.state_module, config_yaml)
+        return save_checkpoint(accelerator, run.state, run.state_module, config_yaml, run.encoder.export_config())
     return None
 
 
@@ -511,7 +511,9 @@ def train(cfg: ExperimentConfig) -> TrainResult:
                 if epoch_done or run.finished:
                     saved = end_epoch(run, recorder, epoch, losses, diagnostics, config_yaml)
                 if interrupted:
-                    checkpoint = saved or save_checkpoint(accelerator, state, run.state_module, config_yaml)
+                    checkpoint = saved or save_checkpoint(
+                        accelerator, state, run.state_module, config_yaml, run.encoder.export_config()
+                    )
                     raise TrainingInterrupted(received.get("signum", signal.SIGTERM), checkpoint.root)
             if accelerator.is_main_process:
                 training = TrainingRecord(cfg, tuple(recorder.evaluations), run_info)

@@ -65,6 +65,14 @@ def test_the_model_folder_the_run_folder_and_the_last_checkpoint_load_the_same_e
 def test_a_checkpoint_whose_config_names_another_backbone_is_refused(straight_run, tmp_path):
     copy = tmp_path / "checkpoint_1"
     shutil.copytree(RunFolder(straight_run).checkpoints()[-1].root, copy)
+    encoder = copy / "encoder.json"
+    encoder.write_text(encoder.read_text().replace('"test_resnet"', '"test_efficientnet"'))
+    with pytest.raises(ModelLoadError, match=r"encoder.json: feature_dim 96 does not match test_efficientnet"):
+        load_encoder(copy)
+    encoder.write_text("{")
+    with pytest.raises(ModelLoadError, match=r"checkpoint_1: not a readable checkpoint"):
+        load_encoder(copy)
+    encoder.unlink()  # as checkpoints written before the encoder's arguments were stored: rebuilt from the config
     config = copy / "config.yaml"
     config.write_text(config.read_text().replace("backbone: test_resnet", "backbone: test_efficientnet"))
     with pytest.raises(ModelLoadError, match=r"checkpoint_1: checkpoint does not match test_efficientnet: missing"):
@@ -224,3 +232,16 @@ def test_init_from_starts_from_a_saved_model_strictly(write_config, tmp_path):
     assert run.encoder.training, "the loaded model trains (BatchNorm in training mode)"
     (tmp_path / "not-a-model").mkdir()
     assert main(["train", str(write_config()), f"model.init_from={tmp_path / 'not-a-model'}"]) == 2
+
+
+def test_a_checkpoint_of_a_run_started_from_a_saved_model_rebuilds_that_model(write_config, tmp_path):
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "model-0.1.0"  # test_efficientnet
+    config = load_config(
+        write_config(), [f"model.init_from={fixture}", "train.max_steps=1"]
+    )  # model.backbone: test_resnet
+    train(config)
+    run = RunFolder(tmp_path / "run")
+    from_checkpoint, exported = load_encoder(run.checkpoints()[-1].root), load_encoder(run.model.root)
+    assert from_checkpoint.backbone_name == exported.backbone_name == "test_efficientnet"
+    images = torch.randn(2, 3, *exported.input_size)
+    assert torch.equal(from_checkpoint.embed(images), exported.embed(images))
