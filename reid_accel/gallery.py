@@ -43,7 +43,7 @@ from safetensors.torch import load_file, save_file
 
 from reid_accel.errors import InputError
 from reid_accel.fileio import atomic_path, write_json_atomic
-from reid_accel.inference import ImageLike, _as_list, embed_images
+from reid_accel.inference import ImageLike, as_image_list, embed_images
 from reid_accel.metrics.product import similarity
 from reid_accel.metrics.ranking import unit_rows
 from reid_accel.modeling import ReIDEncoder
@@ -657,7 +657,7 @@ def _require_rows(index: GalleryIndex) -> None:
 
 
 def _items_and_paths(images: ImageLike | Sequence[ImageLike]) -> tuple[list, list[str]]:
-    items = _as_list(images)
+    items = as_image_list(images)
     return items, [str(item) if isinstance(item, str | os.PathLike) else "" for item in items]
 
 

@@ -86,7 +86,8 @@ def to_pil(image: ImageLike, *, bgr: bool = False) -> PIL.Image.Image:
     return PIL.Image.fromarray(np.ascontiguousarray(image[..., ::-1] if bgr else image))
 
 
-def _as_list(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:
+def as_image_list(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:
+    """One image, a folder (its images, sorted) or a sequence of images, as a list of images."""
     if isinstance(images, str | os.PathLike) and Path(images).is_dir():
         return list_images(images)
     if isinstance(images, str | os.PathLike | PIL.Image.Image | np.ndarray | torch.Tensor):
@@ -131,7 +132,7 @@ def embed_images(
     device = next(encoder.parameters()).device
     height, width = encoder.input_size
     transform = build_transform(height, width, mean=encoder.mean, std=encoder.std, resize=resize)
-    items = _as_list(images)
+    items = as_image_list(images)
     was_training = encoder.training
     encoder.eval()
     features = [torch.zeros(0, encoder.feature_dim, device=device)]
