@@ -37,3 +37,17 @@ def replace_benchmark(monkeypatch):
         monkeypatch.setitem(benchmarks._BY_NAME, name, changed)
 
     return replace
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    """A tiny random encoder (test_resnet, 64x32) in eval mode, with BNNeck statistics a fresh model would not have."""
+    import torch
+
+    from reid_accel.modeling import ReIDEncoder
+
+    torch.manual_seed(0)
+    model = ReIDEncoder("test_resnet", input_size=[64, 32]).eval()
+    with torch.no_grad():
+        model.neck.running_mean.normal_()
+    return model

@@ -165,15 +165,6 @@ def test_bad_input_is_refused_in_one_line(small_gallery, tmp_path):
     refused("not a gallery index; refusing to write into it", index.save, tmp_path / "other")
 
 
-@pytest.fixture(scope="module")
-def encoder():
-    torch.manual_seed(0)
-    model = ReIDEncoder("test_resnet", input_size=[64, 32]).eval()
-    with torch.no_grad():
-        model.neck.running_mean.normal_()
-    return model
-
-
 def write_crops(folder, count, seed):
     rng = np.random.default_rng(seed)
     paths = []

@@ -18,16 +18,6 @@ from reid_accel.errors import InputError
 from reid_accel.generators.lookalike import write_market1501
 from reid_accel.hub import save_pretrained
 from reid_accel.inference import crop_boxes, embed_images, list_images, to_pil
-from reid_accel.modeling import ReIDEncoder
-
-
-@pytest.fixture(scope="module")
-def encoder():
-    torch.manual_seed(0)
-    model = ReIDEncoder("test_resnet", input_size=[64, 32]).eval()
-    with torch.no_grad():
-        model.neck.running_mean.normal_()
-    return model
 
 
 @pytest.fixture
