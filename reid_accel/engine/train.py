@@ -476,8 +476,13 @@ def end_epoch(
         if accelerator.is_main_process:
             recorder.record_evaluation(epoch, metrics)
     if epoch % cfg.train.checkpoint_interval == 0 or last:
-        return save_checkpoint(accelerator, run.state, run.state_module, config_yaml, run.encoder.export_config())
+        return checkpoint(run, config_yaml)
     return None
+
+
+def checkpoint(run: Run, config_yaml: str) -> CheckpointFolder:
+    """Save the run where it stands: accelerate's state, the progress, the method's state, config and encoder."""
+    return save_checkpoint(run.accelerator, run.state, run.state_module, config_yaml, run.encoder.export_config())
 
 
 def train(cfg: ExperimentConfig) -> TrainResult:
@@ -511,10 +516,8 @@ def train(cfg: ExperimentConfig) -> TrainResult:
                 if epoch_done or run.finished:
                     saved = end_epoch(run, recorder, epoch, losses, diagnostics, config_yaml)
                 if interrupted:
-                    checkpoint = saved or save_checkpoint(
-                        accelerator, state, run.state_module, config_yaml, run.encoder.export_config()
-                    )
-                    raise TrainingInterrupted(received.get("signum", signal.SIGTERM), checkpoint.root)
+                    saved = saved or checkpoint(run, config_yaml)
+                    raise TrainingInterrupted(received.get("signum", signal.SIGTERM), saved.root)
             if accelerator.is_main_process:
                 training = TrainingRecord(cfg, tuple(recorder.evaluations), run_info)
                 save_pretrained(run.encoder, folder.model.root, training=training)
