@@ -7,10 +7,10 @@ import PIL.Image
 import pytest
 import torch
 
-from reid_accel import gallery as gallery_module
 from reid_accel.cli import main
 from reid_accel.errors import InputError, ReidAccelError
 from reid_accel.gallery import GalleryIndex, model_identity
+from reid_accel.gallery import index as gallery_index
 from reid_accel.hub import save_pretrained
 from reid_accel.modeling import ReIDEncoder
 
@@ -50,7 +50,7 @@ def small_gallery():
 
 @pytest.mark.parametrize("block_entries", [1 << 25, 50, 1])
 def test_exact_search_equals_the_brute_force_ranking(small_gallery, monkeypatch, block_entries):
-    monkeypatch.setattr(gallery_module, "_BLOCK_ENTRIES", block_entries)
+    monkeypatch.setattr(gallery_index, "_BLOCK_ENTRIES", block_entries)
     index, features, cameras, times = small_gallery
     queries = np.concatenate([features[[3, 50, 299]], np.random.default_rng(1).normal(size=(2, 24))])
     found = index.search(queries, 12)

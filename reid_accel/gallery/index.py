@@ -31,7 +31,6 @@ import json
 import logging
 import math
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -43,6 +42,8 @@ from safetensors.torch import load_file, save_file
 
 from reid_accel.errors import InputError
 from reid_accel.fileio import atomic_path, write_json_atomic
+from reid_accel.gallery.rows import FIELDS, Rows, check_pattern
+from reid_accel.gallery.topk import Excluder, exact_order, finish_top_k, merge_top_k, top_k
 from reid_accel.inference import ImageLike, as_image_list, embed_images
 from reid_accel.metrics.product import similarity
 from reid_accel.metrics.ranking import unit_rows
@@ -52,7 +53,6 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 INFO_NAME = "index.json"
-FIELDS = ("person", "camera", "frame", "time")
 Approximate = Literal["hnsw", "ivf"]
 APPROXIMATE_KINDS: tuple[str, ...] = ("hnsw", "ivf")
 # Scores per exact-search block (128 MB in float32): bounds memory for any batch and gallery size. A block takes up
@@ -73,66 +73,6 @@ def model_identity(encoder: ReIDEncoder) -> str:
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return f"sha256:{digest.hexdigest()[:32]}"
-
-
-@dataclasses.dataclass
-class Rows:
-    """Each gallery row's source: ``path`` and, None where unknown, ``person``, ``camera``, ``frame``, ``time``."""
-
-    path: list[str]
-    person: list[str | None]
-    camera: list[str | None]
-    frame: list[int | None]
-    time: list[float | None]
-
-    @classmethod
-    def build(
-        cls,
-        count: int,
-        *,
-        paths: Sequence[str] | None = None,
-        persons: Sequence | None = None,
-        cameras: Sequence | None = None,
-        frames: Sequence | None = None,
-        times: Sequence | None = None,
-        pattern: str | None = None,
-    ) -> "Rows":
-        """Rows for ``count`` items; fields given as lists win over those the ``pattern`` reads from the paths."""
-        paths = [str(p) for p in paths] if paths is not None else [""] * count
-        parsed = [_parse(pattern, p) for p in paths] if pattern else [{}] * count
-        given = {"person": persons, "camera": cameras, "frame": frames, "time": times}
-        columns = {"path": paths}
-        for field, values in given.items():
-            if values is not None:
-                columns[field] = [_field_value(field, v) for v in values]
-            else:
-                columns[field] = [
-                    _field_value(field, row.get(field), path) for row, path in zip(parsed, paths, strict=True)
-                ]
-        for name, values in columns.items():
-            if len(values) != count:
-                raise InputError(f"{name}: {len(values)} values for {count} gallery items; expected one each")
-        return cls(**columns)
-
-    def __len__(self) -> int:
-        return len(self.path)
-
-    def extend(self, other: "Rows") -> None:
-        for field in dataclasses.fields(self):
-            getattr(self, field.name).extend(getattr(other, field.name))
-
-    def to_arrow(self):
-        import pyarrow as pa
-
-        schema = pa.schema(
-            [("path", pa.string()), ("person", pa.string()), ("camera", pa.string())]
-            + [("frame", pa.int64()), ("time", pa.float64())]
-        )
-        return pa.Table.from_pydict(dataclasses.asdict(self), schema=schema)
-
-    @classmethod
-    def from_arrow(cls, table) -> "Rows":
-        return cls(**{field.name: table.column(field.name).to_pylist() for field in dataclasses.fields(cls)})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -318,7 +258,15 @@ class GalleryIndex:
         if window is not None and not (window >= 0):
             raise InputError(f"window={window!r}; expected a time span >= 0")
         query = unit_rows(query, "query features")
-        excluder = _Excluder.build(self, len(query), cameras, times, exclude_same_camera, window)
+        excluder = Excluder.build(
+            len(query),
+            cameras,
+            times,
+            exclude_same_camera,
+            window,
+            camera_codes=self._cameras,
+            row_times=self._row_times,
+        )
         if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
             raise InputError(f"depth={depth!r}; expected a positive whole number")
         if approximate:
@@ -487,7 +435,7 @@ class GalleryIndex:
             self._times = np.array([math.nan if t is None else t for t in self.rows.time], dtype=np.float64)
         return self._times
 
-    def _search_exact(self, query: torch.Tensor, k: int, excluder: "_Excluder") -> tuple[np.ndarray, np.ndarray]:
+    def _search_exact(self, query: torch.Tensor, k: int, excluder: "Excluder") -> tuple[np.ndarray, np.ndarray]:
         """Blocks of (queries x gallery columns) scores, each block's exact top-k merged into a running top-k."""
         num_query = len(query)
         best_scores = torch.full((num_query, 0), -math.inf)
@@ -502,14 +450,14 @@ class GalleryIndex:
                 g1 = min(g0 + cols_per_block, len(self))
                 block = similarity(query[q0:q1], self.features[g0:g1])  # (c, g)
                 excluder.apply(block, q0, q1, g0, g1)
-                block_scores, block_indices = _top_k(block, k)
-                scores_q, indices_q = _merge(scores_q, indices_q, block_scores, block_indices + g0, k)
+                block_scores, block_indices = top_k(block, k)
+                scores_q, indices_q = merge_top_k(scores_q, indices_q, block_scores, block_indices + g0, k)
             out_scores.append(scores_q)
             out_indices.append(indices_q)
-        return _finish(torch.cat(out_indices), torch.cat(out_scores), k)
+        return finish_top_k(torch.cat(out_indices), torch.cat(out_scores), k)
 
     def _search_faiss(
-        self, query: torch.Tensor, k: int, excluder: "_Excluder", depth: int | None
+        self, query: torch.Tensor, k: int, excluder: "Excluder", depth: int | None
     ) -> tuple[np.ndarray, np.ndarray]:
         """faiss's top candidates, over-fetched and doubled until k survive the exclusions (or the gallery ends)."""
         fetch = min(len(self), k * (_OVERFETCH if excluder.active else 1))
@@ -525,120 +473,8 @@ class GalleryIndex:
             excluder.apply_to_pairs(scores, indices)
             enough = bool(((scores > -math.inf).sum(1) >= min(k, len(self))).all())
             if enough or fetch >= len(self):
-                return _finish(*_exact_order(indices, scores, k), k)
+                return finish_top_k(*exact_order(indices, scores, k), k)
             fetch = min(len(self), fetch * 2)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Excluder:
-    """Which (query, row) pairs a search drops: the query's camera, or its camera within a time window."""
-
-    active: bool
-    query_cameras: torch.Tensor  # (n,) int64 codes, -1 unknown
-    query_times: torch.Tensor  # (n,) float64, NaN unknown
-    row_cameras: torch.Tensor  # (N,)
-    row_times: torch.Tensor  # (N,)
-    same_camera: bool
-    window: float | None
-
-    @classmethod
-    def build(cls, index: GalleryIndex, num_query: int, cameras, times, same_camera: bool, window) -> "_Excluder":
-        active = same_camera or window is not None
-        if active and cameras is None:
-            raise InputError("excluding the query's camera or a time window needs the queries' cameras")
-        if window is not None and times is None:
-            raise InputError("a time window needs the queries' times")
-        table, codes = index._cameras() if active else ({}, np.zeros(0, dtype=np.int64))
-        query_cameras = [_field_value("camera", c) for c in cameras] if cameras is not None else [None] * num_query
-        query_times = [_field_value("time", t) for t in times] if times is not None else [None] * num_query
-        for name, values in (("cameras", query_cameras), ("times", query_times)):
-            if len(values) != num_query:
-                raise InputError(f"{name}: {len(values)} values for {num_query} queries; expected one each")
-        needed = [("camera", query_cameras)] if active else []
-        needed += [("time", query_times)] if window is not None else []
-        for name, values in needed:
-            if None in values:
-                raise InputError(f"query {values.index(None)} has no {name}; the exclusions need every query's {name}")
-        return cls(
-            active,
-            torch.tensor([table.get(c, -2) if c is not None else -1 for c in query_cameras], dtype=torch.int64),
-            torch.tensor([math.nan if t is None else t for t in query_times], dtype=torch.float64),
-            torch.from_numpy(codes),
-            torch.from_numpy(index._row_times()) if window is not None else torch.zeros(0, dtype=torch.float64),
-            same_camera,
-            window,
-        )
-
-    def _dropped(self, query_cameras, query_times, row_cameras, row_times) -> torch.Tensor:
-        same = (query_cameras == row_cameras) & (row_cameras >= 0)
-        if self.same_camera:
-            return same
-        return same & ((row_times - query_times).abs() <= self.window)  # NaN times compare False: kept
-
-    def apply(self, block: torch.Tensor, q0: int, q1: int, g0: int, g1: int) -> None:
-        """Set the dropped pairs of a (queries q0..q1) x (rows g0..g1) block to -inf, in place."""
-        if not self.active:
-            return
-        dropped = self._dropped(
-            self.query_cameras[q0:q1, None],
-            self.query_times[q0:q1, None],
-            self.row_cameras[None, g0:g1],
-            self.row_times[None, g0:g1] if self.window is not None else None,
-        )
-        block.masked_fill_(dropped, -math.inf)
-
-    def apply_to_pairs(self, scores: torch.Tensor, indices: torch.Tensor) -> None:
-        """Set the dropped (query, row) pairs of (n, m) candidate lists to -inf, in place."""
-        if not self.active:
-            return
-        rows = indices.clamp(min=0)
-        dropped = self._dropped(
-            self.query_cameras[:, None],
-            self.query_times[:, None],
-            self.row_cameras[rows],
-            self.row_times[rows] if self.window is not None else None,
-        )
-        scores.masked_fill_(dropped, -math.inf)
-
-
-def _top_k(block: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(c, k') best scores of each row and their columns, equal scores by lowest column, exactly (k' = min(k, g))."""
-    take = min(k, block.shape[1])
-    values, columns = torch.topk(block, take, dim=1, sorted=True)  # (c, k')
-    # topk may cut a run of equal scores anywhere: rows holding more entries at their k-th value than it kept are
-    # redone exactly (numpy counts a boolean row ~20x faster than torch sums one).
-    at_least = np.count_nonzero(block.numpy() >= values[:, -1:].numpy(), axis=1)
-    for row in np.flatnonzero(at_least > take).tolist():
-        candidates = (block[row] >= values[row, -1]).nonzero().flatten()
-        order = _exact_order(candidates[None], block[row, candidates][None], take)[0]
-        columns[row] = order[0]
-        values[row] = block[row, order[0]]
-    return values, columns
-
-
-def _exact_order(indices: torch.Tensor, scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k best (index, score) pairs of each row: score descending, then index ascending; -1 indices last."""
-    keyed = torch.where(indices < 0, torch.iinfo(torch.int64).max, indices)
-    by_index = torch.argsort(keyed, dim=1, stable=True)
-    by_score = torch.sort(scores.gather(1, by_index), dim=1, descending=True, stable=True).indices
-    order = by_index.gather(1, by_score)[:, :k]
-    return indices.gather(1, order), scores.gather(1, order)
-
-
-def _merge(scores_a, indices_a, scores_b, indices_b, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    indices, scores = _exact_order(torch.cat([indices_a, indices_b], 1), torch.cat([scores_a, scores_b], 1), k)
-    return scores, indices
-
-
-def _finish(indices: torch.Tensor, scores: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(n, k) int64 indices and float32 scores, -1 / -inf where the row ran out of allowed gallery rows."""
-    out_indices = np.full((len(indices), k), -1, dtype=np.int64)
-    out_scores = np.full((len(indices), k), -np.inf, dtype=np.float32)
-    width = min(k, indices.shape[1])
-    valid = scores[:, :width] > -math.inf
-    out_indices[:, :width] = torch.where(valid, indices[:, :width], -1).numpy()
-    out_scores[:, :width] = torch.where(valid, scores[:, :width].float(), -math.inf).numpy()
-    return out_indices, out_scores
 
 
 def _faiss():
@@ -659,42 +495,6 @@ def _require_rows(index: GalleryIndex) -> None:
 def _items_and_paths(images: ImageLike | Sequence[ImageLike]) -> tuple[list, list[str]]:
     items = as_image_list(images)
     return items, [str(item) if isinstance(item, str | os.PathLike) else "" for item in items]
-
-
-def check_pattern(pattern: str | None) -> str | None:
-    """The pattern, if it compiles and its named groups are among `FIELDS`; raises `InputError` otherwise."""
-    if pattern is None:
-        return None
-    try:
-        groups = set(re.compile(pattern).groupindex)
-    except re.error as error:
-        raise InputError(f"pattern {pattern!r} is not a regular expression: {error}") from None
-    unknown = groups - set(FIELDS)
-    if unknown or not groups:
-        raise InputError(
-            f"pattern {pattern!r}: named groups must be among {', '.join(FIELDS)}; found {sorted(groups)}"
-        )
-    return pattern
-
-
-def _parse(pattern: str, path: str) -> dict:
-    found = re.search(pattern, path)
-    return {k: v for k, v in found.groupdict().items() if v is not None} if found else {}
-
-
-def _field_value(field: str, value, path: str = ""):
-    """A field's value in its column type: person and camera as text, frame as int, time as float; None unknown."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    try:
-        if field == "frame":
-            return int(value)
-        if field == "time":
-            return float(value)
-    except (TypeError, ValueError):
-        source = f" (read from {path})" if path else ""
-        raise InputError(f"{field} {value!r}{source}: expected a number") from None
-    return str(value)
 
 
 def _as_features(values, name: str) -> torch.Tensor:
