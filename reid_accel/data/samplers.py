@@ -16,6 +16,7 @@ the partial step is dropped. Duplicates within a step are possible; the memory u
 """
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 
 import torch
@@ -37,14 +38,15 @@ def _order(size: int, length: int, generator: torch.Generator) -> torch.Tensor:
     return torch.cat(parts)
 
 
-class _EpochSampler(Sampler[list[int]]):
+class _EpochSampler(Sampler[list[int]], ABC):
     """Epoch and resume bookkeeping shared by the rank-aware batch samplers; subclasses define `steps_per_epoch`."""
 
     epoch: int = 1
     start_step: int = 0
 
+    @abstractmethod
     def steps_per_epoch(self, epoch: int) -> int:
-        raise NotImplementedError
+        """Optimizer steps in the (1-based) epoch."""
 
     @property
     def steady_steps_per_epoch(self) -> int:
