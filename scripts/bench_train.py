@@ -35,7 +35,8 @@ from bench_common import build_run, every_term_epoch, interleaved_timings, table
 
 from reid_accel.engine.train import augmentation_draws, train_step
 from reid_accel.generators.synthetic import generate_world
-from reid_accel.modeling import CrossDomainNetwork, ReIDEncoder
+from reid_accel.hub import encoder_from_config
+from reid_accel.modeling import CrossDomainNetwork
 
 
 def jpeg_folder(root: Path) -> Path:
@@ -127,14 +128,7 @@ def bench_ratio(args: argparse.Namespace) -> list[str]:
     encoder, device = run.encoder, run.accelerator.device
     torch.manual_seed(0)
     bare = CrossDomainNetwork(
-        ReIDEncoder(
-            encoder.backbone_name,
-            last_stride=encoder.last_stride,
-            input_size=encoder.input_size,
-            mean=encoder.mean,
-            std=encoder.std,
-            pooling=encoder.pooling,
-        ),
+        encoder_from_config(encoder.export_config(), source="the run's encoder"),  # same architecture, fresh weights
         num_classes(run, batches),
     ).to(device)
     optimizer = torch.optim.SGD(bare.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
