@@ -18,7 +18,7 @@ it). Methods:
 
     numpy      normalise + full Q x G cosine-similarity matrix with numpy's matmul (OpenBLAS)
     product    the same with torch's matmul (MKL); ratios are to the faster of these two bare products
-    ours       reid_accel.metrics.rank_metrics (blockwise product + exact ranking), the product it measures faster
+    ours       reid_accel.metrics.rank_metrics (blockwise product + exact ranking), on the matmul it measures faster
     ours-numpy, ours-torch   the same with REID_ACCEL_CPU_MATMUL fixing numpy's or torch's product
     module     the same through the shipped `evaluate` module (`metric.compute(features=..., ...)`)
     torchreid  torchreid's Cython ``evaluate_cy`` on the cosine distance matrix (product time reported apart)
@@ -31,10 +31,10 @@ torchreid's evaluator is not on PyPI: build ``rank_cy`` from github.com/KaiyangZ
     python scripts/bench_eval.py --scale msmt --methods numpy product ours torchreid --rank-cy-dir /work/ext/rank_cylib
     python scripts/bench_eval.py --scale small --methods numpy ours module --repeat 5
 
-The header line names the CPU, the product `rank_metrics` picked, numpy's BLAS kernel (threadpoolctl) and the
-OpenBLAS variables that change it: where ``OPENBLAS_CORETYPE`` or ``OPENBLAS_L2_SIZE`` are set, OpenBLAS may run
-a slower kernel than the CPU allows; run with ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE`` to measure the
-kernel OpenBLAS picks itself.
+The header line names the CPU, numpy's BLAS kernel (threadpoolctl) and the OpenBLAS variables that change it:
+where ``OPENBLAS_CORETYPE`` or ``OPENBLAS_L2_SIZE`` are set, OpenBLAS may run a slower kernel than the CPU allows;
+run with ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE`` to measure the kernel OpenBLAS picks itself. Each
+round's line for `ours` says which matmul `rank_metrics` measured faster.
 """
 
 import argparse
@@ -50,6 +50,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from reid_accel.metrics.product import ENV_VAR, measured_choices
 
 SCALES = {  # queries, gallery, ids, cameras, distractors, feature dimension
     "market": (3368, 15913, 750, 6, 2793, 2048),
@@ -114,12 +116,8 @@ def worker(args) -> dict:
         del qf, gf
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS mark: count the method only
     base_kib = _status_kib("VmRSS")
-    if args.worker.startswith(("ours", "rerank")):
-        from reid_accel.metrics.product import ENV_VAR, cpu_backend
-
-        if args.worker in ("ours-numpy", "ours-torch"):
-            os.environ[ENV_VAR] = args.worker.removeprefix("ours-")
-        cpu_backend()  # the probe runs once per process: outside the timed region, as in any long-lived process
+    if args.worker in ("ours-numpy", "ours-torch"):
+        os.environ[ENV_VAR] = args.worker.removeprefix("ours-")
     out = {"method": args.worker}
     cpu_start = _cpu_seconds()
     start = time.perf_counter()
@@ -162,6 +160,8 @@ def worker(args) -> dict:
     else:
         raise SystemExit(f"unknown method {args.worker}")
     out["cpu_seconds"] = _cpu_seconds() - cpu_start
+    if args.worker.startswith(("ours", "module", "rerank")):
+        out["matmul"] = measured_choices()  # this machine's choices so far (the product of `ours` is the largest)
     out["peak_mib"] = (_status_kib("VmHWM") - base_kib) / 1024
     out["data_mib"] = base_kib / 1024
     return out
@@ -184,12 +184,6 @@ def _numpy_blas() -> str:
     kernels = ", ".join(f"{i['internal_api']} {i['version']} kernel {i.get('architecture')}" for i in blas)
     variables = {name: os.environ.get(name) for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
     return f"{kernels or 'unknown'} ({', '.join(f'{k}={v}' for k, v in variables.items())})"
-
-
-def _picked_product() -> str:
-    from reid_accel.metrics.product import cpu_backend
-
-    return cpu_backend()
 
 
 def _median_ratio(rounds: list[dict], method: str, products: list[str], key: str) -> float:
@@ -219,7 +213,7 @@ def run(args) -> None:
         f"seed={args.seed} torch {torch.__version__} threads={torch.get_num_threads()} "
         f"OMP_WAIT_POLICY={env['OMP_WAIT_POLICY']} numpy {np.__version__} load average {os.getloadavg()[0]:.1f}"
     )
-    print(f"CPU: {_cpu_model()}; numpy's BLAS: {_numpy_blas()}; the product rank_metrics picks: {_picked_product()}")
+    print(f"CPU: {_cpu_model()}; numpy's BLAS: {_numpy_blas()}")
     rounds = []
     for round_index in range(args.repeat):
         results = {}

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from reid_accel.gallery import GalleryIndex
-from reid_accel.metrics.product import cpu_backend
+from reid_accel.metrics.product import ENV_VAR, measured_choices
 
 PEOPLE_CROPS, CAMERAS = 20, 12
 
@@ -138,8 +138,8 @@ def main() -> None:
 
     print(
         f"gallery {args.gallery} x {args.dim}-d float32, {args.queries} queries, batch {args.batch}, "
-        f"{args.rounds} rounds; CPU {cpu_model()}, torch threads {torch.get_num_threads()}, gallery matmul "
-        f"{cpu_backend()}; BLAS: {blas_kernels()}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')} "
+        f"{args.rounds} rounds; CPU {cpu_model()}, torch threads {torch.get_num_threads()}; "
+        f"BLAS: {blas_kernels()}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')} "
         f"OPENBLAS_L2_SIZE={os.environ.get('OPENBLAS_L2_SIZE')}; load average {os.getloadavg()[0]:.1f}",
         flush=True,
     )
@@ -183,7 +183,10 @@ def main() -> None:
             flush=True,
         )
 
-    print(f"\nload average now {os.getloadavg()[0]:.1f}")
+    print(
+        f"\nload average now {os.getloadavg()[0]:.1f}; "
+        f"the gallery's matmul: measured {measured_choices()}, {ENV_VAR}={os.environ.get(ENV_VAR)}"
+    )
     print("| index | build s | memory MiB | single queries/s (median) | batch-of-256 queries/s (median) | recall@10 |")
     print("|---|---|---|---|---|---|")
     for name in searchers:

@@ -1,4 +1,5 @@
-"""Every test runs offline, with the `datasets` cache and the modules cache inside a temporary folder.
+"""Every test runs offline, with the Hugging Face home, the `datasets` cache and the modules cache inside a temporary
+folder.
 
 The environment is set before anything imports huggingface_hub or torch, which read it once at import.
 """
@@ -11,6 +12,7 @@ _CACHE = Path(tempfile.mkdtemp(prefix="reid-accel-tests-"))
 os.environ.update(
     HF_HUB_OFFLINE="1",
     HF_DATASETS_OFFLINE="1",
+    HF_HOME=str(_CACHE / "home"),
     HF_DATASETS_CACHE=str(_CACHE / "datasets"),
     HF_MODULES_CACHE=str(_CACHE / "modules"),
     MPLBACKEND="Agg",

@@ -1,20 +1,25 @@
-"""The positions of the true matches in a block of scores on the CPU, exact, with numpy and a few threads.
+"""The positions of the true matches in a block of float32 scores on the CPU, exact, with numpy and a few threads.
 
-Same answer as `ranking._block_ranks` (the torch path, kept for CUDA): for every true match its 1-based order
-among its query's matches and its 0-based position among the valid gallery items, equal scores ordered by
-gallery index. Two things differ, both for speed on the CPU:
+Same answer as `ranking._block_ranks` (the torch path, kept for CUDA and other dtypes): for every true match its
+1-based order among its query's matches and its 0-based position among the valid gallery items, equal scores
+ordered by gallery index. How, for speed on the CPU:
 
-- The two deepest true matches of each query are placed by counting their row: the items scoring above the
-  match, or equal on a lower column, less the removed (same id, same camera) items among those. The other
-  matches can only be outranked by items scoring at least the *third*-worst match, so only those are compacted
-  and placed by search. A query's deepest matches are often far down the ranking: for the benchmark script's
-  trained-model features at Market scale, 8.4 % of the gallery scores above the worst match, 3.3 % above the
-  second-worst and 1.7 % above the third-worst, and compacting and placing one item costs about 50 times
-  counting it (counting a third match would no longer pay off; BENCHMARKS.md).
+- Every (row, score, column) is packed into one int64 ordered as the ranking is: the row, then the float32 score's
+  bits mapped to an order-keeping integer, then the column reversed (of equal scores the lower column ranks first).
+  Keys differ wherever columns differ, so every comparison below is exact and no tie is left to settle.
+- Each query's deepest true matches are placed by counting their row, one level at a time (every row's worst
+  match, then every row's second-worst, ...): the items scoring above the match, or equal on a lower column, less
+  the removed (same id, same camera) items among those; two vectorised compares and a bit count per level. The
+  deepest matches are often far down the ranking (for the benchmark script's trained-model features at Market
+  scale, 7.6 % of the gallery scores at least the worst match, 2.8 % the second-worst; a weak model's 36 % and
+  21 %), and counting a row costs about what placing 4 % of it as candidates does, so levels are counted while
+  more than `_COUNT_WHILE_ABOVE` of the rows score at least the last match counted.
+- The other matches can only be outranked by items scoring at least the lowest of them. Those candidates' keys are
+  sorted once, and each match counts the candidates of its row above its own key with one search. Sorting costs
+  about 10 ns a key, where searching each candidate among the matches cost 90 ns (BENCHMARKS.md).
 - Each chunk of rows is ranked by numpy, single-threaded (numpy releases the GIL in its loops), and a thread
   pool hands the chunks to whichever core is free. Torch runs each elementwise op as a parallel region over all
-  its threads, which on a busy machine waits for a descheduled sibling every time, and its per-row reduction of a
-  boolean mask is 10-20x slower than numpy's.
+  its threads, which on a busy machine waits for a descheduled sibling every time.
 """
 
 import math
@@ -22,41 +27,41 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-# Scores per chunk of rows: enough to amortise a chunk's numpy calls (chunks of 2**16 took 1.7x the CPU time).
-_CHUNK_ENTRIES = 1 << 20
-# The deepest true matches of each row placed by counting the row (see the module docstring).
-_COUNTED_MATCHES = 2
+# Scores per chunk of rows: enough to amortise a chunk's numpy calls (at Market scale 2**17 took 1.5-3x the time of
+# 2**20, 2**21 0.8-0.95x).
+_CHUNK_ENTRIES = 1 << 21
+# Deep matches are counted level by level while more than this share of their rows scores at least the last ones
+# counted (the fastest of 0.08, 0.15, 0.3 and counting none, on both models; see the module docstring).
+_COUNT_WHILE_ABOVE = 0.3
+# A key holds the row, 32 bits of score and the column in 63 bits: rows and columns share 31 bits.
+_ROW_AND_COLUMN_BITS = 31
 
 
 def match_positions(
-    scores: np.ndarray,
-    rows: np.ndarray,
-    cols: np.ndarray,
-    is_match: np.ndarray,
-    *,
-    bound: float | None,
-    workers: int,
+    scores: np.ndarray, rows: np.ndarray, cols: np.ndarray, is_match: np.ndarray, *, workers: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Place the true matches of one block of queries.
 
     Args:
-        scores: (c, G) similarities of the block's queries to the kept gallery, higher first.
+        scores: (c, G) float32 similarities of the block's queries to the kept gallery, higher first.
         rows, cols, is_match: (P,) the block's same-id pairs, rows ascending, columns ascending within a row.
-        bound: a known bound on ``|scores|`` (cosine similarities), or None to measure the values keyed.
         workers: threads ranking chunks of rows at once.
 
     Returns:
         (M,) row, (M,) 1-based order among the row's matches and (M,) 0-based position among the valid gallery
-        items of every true match, rows ascending.
+        items of every true match; rows ascending, each row's matches worst first.
     """
+    if scores.dtype != np.float32:
+        raise TypeError(f"scores have dtype {scores.dtype}; the CPU ranking keys float32 scores")
     num_rows, num_cols = scores.shape
-    step = max(1, _CHUNK_ENTRIES // max(1, num_cols))
+    column_bits = _bits(num_cols)
+    step = max(1, min(_CHUNK_ENTRIES // max(1, num_cols), 1 << (_ROW_AND_COLUMN_BITS - column_bits)))
     bounds = np.searchsorted(rows, np.arange(0, num_rows + step, step).clip(max=num_rows))
 
     def chunk(index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         start, first, last = index * step, bounds[index], bounds[index + 1]
         found = _chunk_positions(
-            scores[start : start + step], rows[first:last] - start, cols[first:last], is_match[first:last], bound
+            scores[start : start + step], rows[first:last] - start, cols[first:last], is_match[first:last]
         )
         return found[0] + start, found[1], found[2]
 
@@ -74,29 +79,40 @@ def match_positions(
 
 
 def _chunk_positions(
-    scores: np.ndarray, rows: np.ndarray, cols: np.ndarray, is_match: np.ndarray, bound: float | None
+    scores: np.ndarray, rows: np.ndarray, cols: np.ndarray, is_match: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`match_positions` for one chunk of rows, single-threaded."""
-    num_rows = len(scores)
+    num_rows, num_cols = scores.shape
+    column_bits = _bits(num_cols)
     match_rows, match_cols = rows[is_match], cols[is_match]
     match_scores = scores[match_rows, match_cols]  # (M,)
-    order = np.lexsort((match_cols, -match_scores, match_rows))  # each row's matches best first, ties by column
-    match_rows, match_cols, match_scores = match_rows[order], match_cols[order], match_scores[order]
-    per_row = np.bincount(match_rows, minlength=num_rows)  # (c,)
-    order_in_row = np.arange(len(match_rows)) - (np.cumsum(per_row) - per_row)[match_rows]  # 0-based, best first
-    position = order_in_row.copy()  # matches ranked before it; the other items are added below
-
-    deep = order_in_row >= (per_row - _COUNTED_MATCHES)[match_rows]  # each row's deepest matches
-    removed = ~is_match
-    position[deep] = _counted_positions(
-        scores, match_rows[deep], match_scores[deep], match_cols[deep], rows[removed], cols[removed]
+    match_keys = _keys(match_rows, match_scores, match_cols, column_bits)
+    order = np.argsort(match_keys)  # rows ascending, each row's matches worst first
+    match_rows, match_cols, match_scores, match_keys = (
+        a[order] for a in (match_rows, match_cols, match_scores, match_keys)
     )
-    if not deep.all():
-        upper = ~deep
-        position[upper] += _outranking_upper_matches(
-            scores, rows, cols, match_rows[upper], match_scores[upper], match_cols[upper], bound
+    per_row = np.bincount(match_rows, minlength=num_rows)  # (c,)
+    from_worst = np.arange(len(match_rows)) - (np.cumsum(per_row) - per_row)[match_rows]  # 0-based, worst first
+    before = per_row[match_rows] - 1 - from_worst  # matches ranked before it
+    position = before.copy()  # the other candidates ranked before it are added below (deep matches: replaced)
+
+    removed = ~is_match
+    counted, share_above = 0, 1.0  # levels of deep matches (each row's worst, second-worst, ...) counted so far
+    while share_above > _COUNT_WHILE_ABOVE:
+        deep = np.flatnonzero(from_worst == counted)
+        if not len(deep):
+            break
+        position[deep], at_or_above = _counted_positions(
+            scores, match_rows[deep], match_scores[deep], match_cols[deep], rows[removed], cols[removed]
         )
-    return match_rows, order_in_row + 1, position
+        share_above = at_or_above.sum() / (len(deep) * num_cols)
+        counted += 1
+    upper = from_worst >= counted
+    if upper.any():
+        position[upper] += _candidates_above(
+            scores, rows, cols, match_rows[upper], match_scores[upper], match_keys[upper]
+        )
+    return match_rows, before + 1, position
 
 
 def _counted_positions(
@@ -107,107 +123,95 @@ def _counted_positions(
     removed_rows: np.ndarray,
     removed_cols: np.ndarray,
 ) -> np.ndarray:
-    """Positions of some matches, each counted over its whole row: the valid items ranked before it.
+    """Positions of at most one match per row, each counted over its whole row: the valid items ranked before it.
 
     Args:
         scores: (c, G) the chunk's scores.
-        match_rows, match_scores, match_cols: (D,) the matches to place.
+        match_rows, match_scores, match_cols: (D,) the matches to place, rows distinct.
         removed_rows, removed_cols: (E,) the same id, same camera items of the chunk (not in the ranking),
             rows ascending.
 
     Returns:
-        (D,) positions.
+        (D,) positions and (D,) number of items scoring at least the match, itself included.
     """
-    ahead = np.fromiter(  # items before the match: equal scores go first on a lower column
-        (
-            np.count_nonzero(scores[row, :col] >= score) + np.count_nonzero(scores[row, col:] > score)
-            for row, score, col in zip(match_rows.tolist(), match_scores.tolist(), match_cols.tolist(), strict=True)
-        ),
-        dtype=np.int64,
-        count=len(match_rows),
-    )
+    threshold = np.full(len(scores), np.inf, dtype=scores.dtype)  # rows without a match to place compare no item
+    threshold[match_rows] = match_scores
+    ahead = _row_counts(scores > threshold[:, None])[match_rows]  # (D,)
+    at_or_above = _row_counts(scores >= threshold[:, None])[match_rows]
+    for index in np.flatnonzero(at_or_above - ahead > 1).tolist():  # rare ties: the lower columns go first
+        row, col = match_rows[index], match_cols[index]
+        ahead[index] += np.count_nonzero(scores[row, :col] == match_scores[index])
     first = np.searchsorted(removed_rows, match_rows)
     owner, index = _expand_spans(first, np.searchsorted(removed_rows, match_rows, side="right"))
     removed_scores, removed_cols = scores[removed_rows[index], removed_cols[index]], removed_cols[index]
     mine, its_col = match_scores[owner], match_cols[owner]
     removed_ahead = (removed_scores > mine) | ((removed_scores == mine) & (removed_cols < its_col))
-    return ahead - np.bincount(owner[removed_ahead], minlength=len(match_rows))
+    return ahead - np.bincount(owner[removed_ahead], minlength=len(match_rows)), at_or_above
 
 
-def _outranking_upper_matches(
+def _row_counts(mask: np.ndarray) -> np.ndarray:
+    """(c,) int64 number of True entries in each row of a (c, G) mask."""
+    return np.bitwise_count(np.packbits(mask, axis=1)).sum(axis=1, dtype=np.int64)
+
+
+def _candidates_above(
     scores: np.ndarray,
     rows: np.ndarray,
     cols: np.ndarray,
     match_rows: np.ndarray,
     match_scores: np.ndarray,
-    match_cols: np.ndarray,
-    bound: float | None,
+    match_keys: np.ndarray,
 ) -> np.ndarray:
-    """Non-matching valid items ranked before each of some matches (those not counted densely).
-
-    Only items scoring at least the lowest of these matches in their row can outrank one of them, so those are
-    compacted and each is placed among its row's matches with one search over float64 keys ``row * stride +
-    score`` (equal keys, from equal scores or float64 rounding, are settled exactly on scores and columns).
+    """For each of some matches, the items of its row other than its query's id that rank before it.
 
     Args:
         scores: (c, G) the chunk's scores.
         rows, cols: (P,) every same-id pair of the chunk (true matches and removed items: no competitors).
-        match_rows, match_scores, match_cols: (U,) the matches to place, rows ascending, each row's best first.
+        match_rows, match_scores, match_keys: (U,) the matches to place, rows ascending.
 
     Returns:
-        (U,) counts, in the order of the matches given.
+        (U,) counts.
     """
     num_rows, num_cols = scores.shape
-    worst_first = np.lexsort((np.arange(len(match_rows))[::-1], match_rows))  # the order of their keys
-    upper_rows, upper_scores, upper_cols = (a[worst_first] for a in (match_rows, match_scores, match_cols))
-    per_row = np.bincount(upper_rows, minlength=num_rows)
-    end = np.cumsum(per_row)
-
     threshold = np.full(num_rows, np.inf, dtype=scores.dtype)  # each row's lowest match to place, else nothing
-    holding = np.flatnonzero(per_row)
-    threshold[holding] = upper_scores[end[holding] - per_row[holding]]
+    np.minimum.at(threshold, match_rows, match_scores)
     candidate = scores >= threshold[:, None]  # (c, G)
     candidate[rows, cols] = False
     flat = np.flatnonzero(candidate)  # (N,) row-major
-    cand_rows = flat // num_cols
-    cand_scores = scores.reshape(-1).take(flat)
-
-    keys = _RowKeys(np.concatenate([cand_scores, upper_scores]), bound)
-    upper_keys, cand_keys = keys(upper_rows, upper_scores), keys(cand_rows, cand_scores)
-    beaten = np.searchsorted(upper_keys, cand_keys)  # (N,) global end of the matches it outranks
-    tied = np.flatnonzero(np.append(upper_keys, np.inf)[beaten] == cand_keys)  # inf: past the end
-    if len(tied):
-        owner, index = _expand_spans(beaten[tied], np.searchsorted(upper_keys, cand_keys[tied], side="right"))
-        mine, theirs = cand_scores[tied][owner], upper_scores[index]
-        my_col = flat[tied][owner] - cand_rows[tied][owner] * num_cols
-        wins = (mine > theirs) | ((mine == theirs) & (my_col < upper_cols[index]))
-        beaten[tied] += np.bincount(owner[wins], minlength=len(tied))
-    # Row r's matches occupy [start_r, end_r); shifting by r gives each row its own histogram slots.
-    counts = np.bincount(beaten + cand_rows, minlength=len(upper_rows) + num_rows + 1)
-    at_least = np.append(np.cumsum(counts[::-1])[::-1], 0)  # at_least[x] = sum(counts[x:])
-    outranking = at_least[np.arange(len(upper_rows)) + upper_rows + 1] - at_least[end[upper_rows] + upper_rows + 1]
-    in_given_order = np.empty_like(outranking)
-    in_given_order[worst_first] = outranking
-    return in_given_order
+    row_start = np.searchsorted(flat, np.arange(num_rows + 1) * num_cols)  # (c + 1,) each row's first candidate
+    column_bits = _bits(num_cols)
+    row_ids = np.arange(num_rows)
+    # A flat index is row * G + column: one subtraction turns each row's part at column 0 into the candidates'.
+    cand_keys = np.repeat(_row_and_column(row_ids, -row_ids * num_cols, column_bits), np.diff(row_start)) - flat
+    cand_keys += _score_bits(scores.reshape(-1).take(flat), column_bits)
+    cand_keys.sort()
+    return row_start[match_rows + 1] - np.searchsorted(cand_keys, match_keys, side="right")
 
 
-class _RowKeys:
-    """Maps (row, score) to float64 keys ordered by row, then score: ``row * stride + score``.
+def _keys(rows: np.ndarray, scores: np.ndarray, cols: np.ndarray, column_bits: int) -> np.ndarray:
+    """(n,) int64 keys ordered as the ranking: by row, then score, then column *descending*, all exact.
 
-    ``stride`` exceeds the spread of the finite scores keyed, so rows never interleave; infinite scores are
-    clamped to the finite range. The map is monotone but not strictly so: equal keys are resolved exactly.
+    A key is ``row << (32 + b) | (score bits + 2**31) << b | (2**b - 1 - column)`` for b column bits.
     """
+    return _row_and_column(rows, cols, column_bits) + _score_bits(scores, column_bits)
 
-    def __init__(self, values: np.ndarray, bound: float | None):
-        if bound is not None:
-            self.low, self.high = -bound, bound
-        else:
-            finite = values[np.isfinite(values)]
-            self.low, self.high = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 0.0)
-        self.stride = 2.0 * (self.high - self.low) + 3.0
 
-    def __call__(self, rows: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        return np.clip(scores.astype(np.float64), self.low, self.high) + rows * self.stride
+def _row_and_column(rows: np.ndarray, cols: np.ndarray, column_bits: int) -> np.ndarray:
+    """The row and column part of `_keys`, with the score part's offset of 2**31."""
+    return (rows << (32 + column_bits)) + ((1 << (31 + column_bits)) + (1 << column_bits) - 1) - cols
+
+
+def _score_bits(scores: np.ndarray, column_bits: int) -> np.ndarray:
+    """The score part of `_keys` less its offset: float32 bits read as int32 with the magnitude bits of negative
+    numbers flipped order as the floats do (-0.0 is made 0.0 first: the two are equal scores)."""
+    bits = (scores + np.float32(0.0)).view(np.int32)
+    bits ^= (bits >> 31) & 0x7FFFFFFF
+    return bits.astype(np.int64) << column_bits
+
+
+def _bits(num_cols: int) -> int:
+    """Bits of a key that hold the column."""
+    return max(1, (num_cols - 1).bit_length())
 
 
 def _expand_spans(low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

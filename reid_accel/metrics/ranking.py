@@ -25,9 +25,9 @@ candidates; memory: one ``(chunk, G)`` block of scores at a time.
 
 Product: `product.similarity`, the faster of torch's and numpy's CPU matmul on this machine (measured once).
 
-Devices: CUDA blocks are ranked by the torch code here (`_block_ranks`). CPU blocks are ranked by
-`cpu_ranking.match_positions`, the same positions with numpy over a thread pool, where each query's two deepest
-matches are counted densely (see that module for why).
+Devices: float32 blocks on the CPU are ranked by `cpu_ranking.match_positions`, the same positions with numpy over
+a thread pool, from exact integer keys (see that module for how); CUDA blocks and other dtypes (float64) by the
+torch code here (`_block_ranks`).
 """
 
 import dataclasses
@@ -51,15 +51,15 @@ AP_MODES: tuple[str, ...] = ("standard", "trapezoid")
 JUNK_PID = -1
 NO_CAMERA = -1  # a camera id meaning "unknown" (data without cameras): same-camera matches are kept
 
-# Block sizes, in score entries. A product block holds up to 2**27 scores (0.5 GB in float32) and at least 2,048
-# queries: every matmul call re-reads and packs the whole gallery, which costs 13 % more CPU at 256 rows than at 1,024
-# and 4 % more at 1,024 than at 2,048 (2048-d); its buffer is allocated once. Ranking walks it in sub-blocks of about
-# 2**25 scores: every torch call is a parallel region, and on a busy machine each region waits for a descheduled
-# sibling thread (Market scale with one core taken: 6.8 s at 2**22, 5.1 s at 2**24, 4.8 s at 2**25), while the
-# bound keeps the candidate temporaries to a few hundred MB even when a weak model makes a third of the gallery
-# compete with the worst match.
-_PRODUCT_ENTRIES = {"cpu": 1 << 27, "cuda": 1 << 27}
-_MIN_PRODUCT_ROWS = 2048
+# Block sizes. A product block holds at least 2**24 scores (64 MB in float32) and 1,024 queries on the CPU, the
+# queries split evenly: every matmul call re-reads and packs the whole gallery, which costs 13 % more CPU at 256 rows
+# than at 1,024 (2048-d), while a block of about a thousand rows is still in cache when it is ranked and its buffer,
+# allocated once, is a third of Market's full product (whose pages the kernel would have to fault in): at Market
+# scale blocks of 1,024-1,700 queries took 1.11-1.12x the bare product, one block of 3,368 1.20x (BENCHMARKS.md).
+# The torch ranking (CUDA, and other dtypes on the CPU) walks a block in sub-blocks of 2**25 scores on the CPU:
+# every torch call is a parallel region, and on a busy machine each waits for a descheduled sibling thread.
+_PRODUCT_ENTRIES = {"cpu": 1 << 24, "cuda": 1 << 27}
+_MIN_PRODUCT_ROWS = {"cpu": 1024, "cuda": 2048}
 _RANKING_ENTRIES = {"cpu": 1 << 25, "cuda": 1 << 27}
 # Cosine similarities of unit vectors stay within [-1, 1] up to rounding.
 _COSINE_BOUND = 1.5
@@ -91,8 +91,8 @@ def rank_metrics(
         ap_mode: ``"standard"`` or ``"trapezoid"`` (see the module docstring).
         max_rank: length of the returned CMC curve.
         device: where the blocks are computed; default: the device of ``query_features`` if it is a tensor, else CPU.
-        chunk_size: queries per product block; default: up to 2**27 scores, at least 2,048 queries. Never changes
-            the result.
+        chunk_size: queries per product block; default: the queries split evenly into blocks of at least 2**24
+            scores and 1,024 queries on the CPU (2**27 and 2,048 on a GPU). Never changes the result.
 
     Returns:
         ``mAP``, ``rank1``, ``rank5``, ``rank10`` (fractions, Python floats), ``cmc`` ((max_rank,) float64 array:
@@ -256,16 +256,18 @@ class _Protocol:
         return self.pair_queries[first:last] - start, self.pair_columns[first:last], self.pair_is_match[first:last]
 
 
-def _numpy_on(device: torch.device) -> bool:
-    """Whether blocks on `device` are ranked by `cpu_ranking` (numpy, the CPU) rather than `_block_ranks` (CUDA)."""
-    return device.type == "cpu"
+def _numpy_on(block: torch.Tensor) -> bool:
+    """Whether `block` is ranked by `cpu_ranking` (numpy: float32 on the CPU) rather than `_block_ranks` (torch)."""
+    return block.device.type == "cpu" and block.dtype == torch.float32
 
 
 def product_rows(chunk_size: int | None, num_query: int, num_gallery: int, device: torch.device) -> int:
-    """Queries per product block: ``chunk_size`` if given, else ``_PRODUCT_ENTRIES`` scores, >= 2,048 queries."""
+    """Queries per product block: ``chunk_size`` if given, else the queries split evenly into blocks of at least
+    `_PRODUCT_ENTRIES` scores and `_MIN_PRODUCT_ROWS` queries (fewer only when there are fewer queries)."""
     if chunk_size is None:
-        entries = _PRODUCT_ENTRIES["cuda" if device.type == "cuda" else "cpu"]
-        return max(1, min(num_query, max(_MIN_PRODUCT_ROWS, entries // max(1, num_gallery))))
+        kind = "cuda" if device.type == "cuda" else "cpu"
+        blocks = max(1, num_query // max(_MIN_PRODUCT_ROWS[kind], _PRODUCT_ENTRIES[kind] // max(1, num_gallery)))
+        return max(1, math.ceil(num_query / blocks))
     if chunk_size < 1:
         raise ReidAccelError(f"chunk_size={chunk_size}; expected a positive integer")
     return chunk_size
@@ -292,9 +294,9 @@ def _evaluate(
     aps, firsts = [], []
     for start in range(0, num_query, chunk_size):
         block = scores_of(start, min(start + chunk_size, num_query))  # (c, G_kept)
-        if _numpy_on(device):
+        if _numpy_on(block):
             pairs = (t.numpy() for t in protocol.same_pid_pairs(start, start + len(block)))
-            found = match_positions(block.numpy(), *pairs, bound=bound, workers=torch.get_num_threads())
+            found = match_positions(block.numpy(), *pairs, workers=torch.get_num_threads())
             ap, first = _ap_and_first(*(torch.from_numpy(a) for a in found), len(block), ap_mode=ap_mode)
             aps.append(ap)
             firsts.append(first)

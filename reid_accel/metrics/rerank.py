@@ -61,8 +61,8 @@ def rerank_distance(
         k2: size of the local query expansion (1 disables it).
         lambda_value: weight of the original distance in the result.
         device: where the blocks are computed; default: the device of ``query_features`` if a tensor, else CPU.
-        chunk_size: rows per product block; default: up to 2**27 entries, at least 2,048 rows. Never changes
-            the result.
+        chunk_size: rows per product block; default: as `rank_metrics` splits its queries. Never changes the
+            result.
 
     Returns:
         (Q, G) distances: a numpy array for numpy input, else a tensor on ``device``; float64 for float64 input,

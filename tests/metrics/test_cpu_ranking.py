@@ -1,10 +1,24 @@
-"""The CPU ranking (numpy, in chunks over threads) against the torch ranking."""
+"""The CPU ranking (numpy, exact integer keys, in chunks over threads) against the torch ranking."""
 
 import numpy as np
 import pytest
 import torch
 
 from reid_accel.metrics import cpu_ranking, ranking
+
+
+def torch_and_numpy_positions(scores: np.ndarray, q_pids, g_pids, q_cams, g_cams, monkeypatch, chunkings):
+    """The torch path's positions, and the numpy path's in each (chunk entries, workers, counting threshold)."""
+    protocol = ranking._Protocol.build(q_pids, g_pids, q_cams, g_cams, *scores.shape)
+    block = torch.from_numpy(np.ascontiguousarray(scores[:, protocol.kept_columns.numpy()]))
+    pairs = protocol.same_pid_pairs(0, len(scores))
+    expected = [t.numpy() for t in ranking._block_ranks(block, *pairs, bound=None)]
+    found = []
+    for chunk_entries, workers, count_while_above in chunkings:
+        monkeypatch.setattr(cpu_ranking, "_CHUNK_ENTRIES", chunk_entries)
+        monkeypatch.setattr(cpu_ranking, "_COUNT_WHILE_ABOVE", count_while_above)
+        found.append(cpu_ranking.match_positions(block.numpy(), *(t.numpy() for t in pairs), workers=workers))
+    return expected, found
 
 
 @pytest.mark.parametrize("seed", [0, 4])
@@ -14,17 +28,34 @@ def test_numpy_positions_equal_the_torch_ones_in_any_chunking(seed, monkeypatch)
     q_cams, g_cams = rng.integers(0, 4, size=40), rng.integers(0, 4, size=300)
     scores = rng.integers(-4, 1, size=(40, 300)).astype(np.float32)  # many ties, between matches too
     scores[::3] = rng.normal(size=(14, 300))
-    scores[5, ::2] = -0.0
-    protocol = ranking._Protocol.build(q_pids, g_pids, q_cams, g_cams, 40, 300)
-    keep = protocol.kept_columns.numpy()
-    block = torch.from_numpy(np.ascontiguousarray(scores[:, keep]))
-    pairs = protocol.same_pid_pairs(0, 40)
-    rows, hits, positions = ranking._block_ranks(block, *pairs, bound=None)
-    order = np.lexsort((hits.numpy(), rows.numpy()))  # the torch path lists each row's matches worst first
-    expected = [a.numpy()[order] for a in (rows, hits, positions)]
-    assert len(expected[0]) > 100 and np.any(hits.numpy() > 3)
-    for chunk_entries, workers in ((1 << 20, 1), (1000, 1), (300, 3), (1, 2)):
-        monkeypatch.setattr(cpu_ranking, "_CHUNK_ENTRIES", chunk_entries)
-        found = cpu_ranking.match_positions(block.numpy(), *(t.numpy() for t in pairs), bound=None, workers=workers)
-        for ours, theirs in zip(found, expected, strict=True):
-            np.testing.assert_array_equal(ours, theirs)
+    scores[5, ::2] = -0.0  # equal to 0.0
+    scores[7, ::5] = np.inf
+    scores[8, ::4] = -np.inf
+    # counting the worst match only (1.0), every match (0.0), or as far as the data says
+    chunkings = [(1 << 20, 1, 0.15), (1000, 1, 0.5), (300, 3, 1.0), (1, 2, 0.15), (1000, 2, 0.0)]
+    expected, found = torch_and_numpy_positions(scores, q_pids, g_pids, q_cams, g_cams, monkeypatch, chunkings)
+    assert len(expected[0]) > 100 and np.any(expected[1] > 3)
+    for ours in found:
+        for mine, theirs in zip(ours, expected, strict=True):
+            np.testing.assert_array_equal(mine, theirs)
+
+
+def test_scores_one_ulp_apart_and_subnormal_scores_rank_exactly(monkeypatch):
+    rng = np.random.default_rng(1)
+    q_pids, g_pids = rng.integers(1, 4, size=6), rng.integers(0, 4, size=500)
+    q_cams, g_cams = rng.integers(0, 3, size=6), rng.integers(0, 3, size=500)
+    steps = rng.integers(-3, 4, size=(6, 500), dtype=np.int32)  # a few ulps around one value
+    scores = (np.full((6, 500), 0.731, dtype=np.float32).view(np.int32) + steps).view(np.float32)
+    scores[3] = rng.integers(-2, 3, size=500) * np.float32(1e-45)  # subnormals, both signs, and zeros
+    expected, found = torch_and_numpy_positions(
+        scores, q_pids, g_pids, q_cams, g_cams, monkeypatch, [(1 << 20, 1, 0.15)]
+    )
+    for mine, theirs in zip(found[0], expected, strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+
+
+def test_other_dtypes_are_refused():
+    with pytest.raises(TypeError, match="float64"):
+        cpu_ranking.match_positions(
+            np.zeros((2, 3)), *(np.zeros(0, dtype=np.int64),) * 2, np.zeros(0, bool), workers=1
+        )
