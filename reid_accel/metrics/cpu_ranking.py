@@ -96,14 +96,14 @@ def _chunk_positions(
     before = per_row[match_rows] - 1 - from_worst  # matches ranked before it
     position = before.copy()  # the other candidates ranked before it are added below (deep matches: replaced)
 
-    removed = ~is_match
+    removed_rows, removed_cols = rows[~is_match], cols[~is_match]
     counted, share_above = 0, 1.0  # levels of deep matches (each row's worst, second-worst, ...) counted so far
     while share_above > _COUNT_WHILE_ABOVE:
         deep = np.flatnonzero(from_worst == counted)
         if not len(deep):
             break
         position[deep], at_or_above = _counted_positions(
-            scores, match_rows[deep], match_scores[deep], match_cols[deep], rows[removed], cols[removed]
+            scores, match_rows[deep], match_scores[deep], match_cols[deep], removed_rows, removed_cols
         )
         share_above = at_or_above.sum() / (len(deep) * num_cols)
         counted += 1
@@ -122,7 +122,7 @@ def _counted_positions(
     match_cols: np.ndarray,
     removed_rows: np.ndarray,
     removed_cols: np.ndarray,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """Positions of at most one match per row, each counted over its whole row: the valid items ranked before it.
 
     Args:
