@@ -463,7 +463,7 @@ class _RowKeys:
         self.stride = 2.0 * (self.high - self.low) + 3.0
 
     def __call__(self, rows: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        values = scores.to(torch.float64)
+        values = scores.to(torch.float64, copy=True)  # a float64 `scores` must not become its own keys
         if self.clamp:
             values = values.clamp(self.low, self.high)
         return values.add_(rows, alpha=self.stride)
