@@ -1,12 +1,13 @@
-"""The positions of the true matches in a block of float32 scores on the CPU, exact, with numpy and a few threads.
+"""The positions of the true matches in a block of scores on the CPU, exact, with numpy and a few threads.
 
-Same answer as `ranking._block_ranks` (the torch path, kept for CUDA and other dtypes): for every true match its
-1-based order among its query's matches and its 0-based position among the valid gallery items, equal scores
-ordered by gallery index. How, for speed on the CPU:
+Same answer as `ranking._block_ranks` (the torch path, kept for CUDA): for every true match its 1-based order
+among its query's matches and its 0-based position among the valid gallery items, equal scores ordered by gallery
+index. How, for speed on the CPU:
 
-- Every (row, score, column) is packed into one int64 ordered as the ranking is: the row, then the float32 score's
-  bits mapped to an order-keeping integer, then the column reversed (of equal scores the lower column ranks first).
-  Keys differ wherever columns differ, so every comparison below is exact and no tie is left to settle.
+- Candidates are packed into one int64 key each, ordered as the ranking is: the row, then the first 32 bits of an
+  order-keeping integer of the score (all of a float32), then the column reversed (of equal scores the lower
+  column ranks first). Sorting int64 keys is fast, and only the few candidates sharing a match's score prefix
+  (equal float32 scores, float64 scores equal in their first 32 bits) need an exact comparison.
 - Each query's deepest true matches are placed by counting their row, one level at a time (every row's worst
   match, then every row's second-worst, ...): the items scoring above the match, or equal on a lower column, less
   the removed (same id, same camera) items among those; two vectorised compares and a bit count per level. The
@@ -15,8 +16,8 @@ ordered by gallery index. How, for speed on the CPU:
   21 %), and counting a row costs about what placing 4 % of it as candidates does, so levels are counted while
   more than `_COUNT_WHILE_ABOVE` of the rows score at least the last match counted.
 - The other matches can only be outranked by items scoring at least the lowest of them. Those candidates' keys are
-  sorted once, and each match counts the candidates of its row above its own key with one search. Sorting costs
-  about 10 ns a key, where searching each candidate among the matches cost 90 ns (BENCHMARKS.md).
+  sorted once, and each match counts the candidates of its row beyond its own score prefix with one search.
+  Sorting costs about 10 ns a key, where searching each candidate among the matches cost 90 ns (BENCHMARKS.md).
 - Each chunk of rows is ranked by numpy, single-threaded (numpy releases the GIL in its loops), and a thread
   pool hands the chunks to whichever core is free. Torch runs each elementwise op as a parallel region over all
   its threads, which on a busy machine waits for a descheduled sibling every time.
@@ -51,8 +52,8 @@ def match_positions(
         (M,) row, (M,) 1-based order among the row's matches and (M,) 0-based position among the valid gallery
         items of every true match; rows ascending, each row's matches worst first.
     """
-    if scores.dtype != np.float32:
-        raise TypeError(f"scores have dtype {scores.dtype}; the CPU ranking keys float32 scores")
+    if scores.dtype not in (np.float32, np.float64):
+        raise TypeError(f"scores have dtype {scores.dtype}; the CPU ranking takes float32 or float64 scores")
     num_rows, num_cols = scores.shape
     column_bits = _bits(num_cols)
     step = max(1, min(_CHUNK_ENTRIES // max(1, num_cols), 1 << (_ROW_AND_COLUMN_BITS - column_bits)))
@@ -83,14 +84,10 @@ def _chunk_positions(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`match_positions` for one chunk of rows, single-threaded."""
     num_rows, num_cols = scores.shape
-    column_bits = _bits(num_cols)
     match_rows, match_cols = rows[is_match], cols[is_match]
     match_scores = scores[match_rows, match_cols]  # (M,)
-    match_keys = _keys(match_rows, match_scores, match_cols, column_bits)
-    order = np.argsort(match_keys)  # rows ascending, each row's matches worst first
-    match_rows, match_cols, match_scores, match_keys = (
-        a[order] for a in (match_rows, match_cols, match_scores, match_keys)
-    )
+    order = np.lexsort((-match_cols, match_scores, match_rows))  # rows ascending, each row's matches worst first
+    match_rows, match_cols, match_scores = match_rows[order], match_cols[order], match_scores[order]
     per_row = np.bincount(match_rows, minlength=num_rows)  # (c,)
     from_worst = np.arange(len(match_rows)) - (np.cumsum(per_row) - per_row)[match_rows]  # 0-based, worst first
     before = per_row[match_rows] - 1 - from_worst  # matches ranked before it
@@ -110,7 +107,7 @@ def _chunk_positions(
     upper = from_worst >= counted
     if upper.any():
         position[upper] += _candidates_above(
-            scores, rows, cols, match_rows[upper], match_scores[upper], match_keys[upper]
+            scores, rows, cols, match_rows[upper], match_scores[upper], match_cols[upper]
         )
     return match_rows, before + 1, position
 
@@ -160,53 +157,68 @@ def _candidates_above(
     cols: np.ndarray,
     match_rows: np.ndarray,
     match_scores: np.ndarray,
-    match_keys: np.ndarray,
+    match_cols: np.ndarray,
 ) -> np.ndarray:
     """For each of some matches, the items of its row other than its query's id that rank before it.
+
+    The candidates' keys are sorted once; a match's row holds, after its own score prefix, only items that outrank
+    it, and the few sharing its prefix (equal float32 scores; float64 scores equal in their first 32 bits) are
+    compared exactly.
 
     Args:
         scores: (c, G) the chunk's scores.
         rows, cols: (P,) every same-id pair of the chunk (true matches and removed items: no competitors).
-        match_rows, match_scores, match_keys: (U,) the matches to place, rows ascending.
+        match_rows, match_scores, match_cols: (U,) the matches to place, rows ascending.
 
     Returns:
         (U,) counts.
     """
     num_rows, num_cols = scores.shape
+    column_bits, low_bits = _bits(num_cols), (1 << _bits(num_cols)) - 1
     threshold = np.full(num_rows, np.inf, dtype=scores.dtype)  # each row's lowest match to place, else nothing
     np.minimum.at(threshold, match_rows, match_scores)
     candidate = scores >= threshold[:, None]  # (c, G)
     candidate[rows, cols] = False
     flat = np.flatnonzero(candidate)  # (N,) row-major
     row_start = np.searchsorted(flat, np.arange(num_rows + 1) * num_cols)  # (c + 1,) each row's first candidate
-    column_bits = _bits(num_cols)
     row_ids = np.arange(num_rows)
     # A flat index is row * G + column: one subtraction turns each row's part at column 0 into the candidates'.
-    cand_keys = np.repeat(_row_and_column(row_ids, -row_ids * num_cols, column_bits), np.diff(row_start)) - flat
-    cand_keys += _score_bits(scores.reshape(-1).take(flat), column_bits)
-    cand_keys.sort()
-    return row_start[match_rows + 1] - np.searchsorted(cand_keys, match_keys, side="right")
+    keys = np.repeat(_row_and_column(row_ids, -row_ids * num_cols, column_bits), np.diff(row_start)) - flat
+    keys += _score_prefix(scores.reshape(-1).take(flat)) << column_bits
+    keys.sort()
+    group = _row_and_column(match_rows, low_bits, column_bits) + (_score_prefix(match_scores) << column_bits)
+    first = np.searchsorted(keys, group)  # (U,) the candidates sharing the match's row and score prefix
+    last = np.searchsorted(keys, group + low_bits, side="right")
+    ahead = row_start[match_rows + 1] - last
+    owner, index = _expand_spans(first, last)
+    if len(index):
+        their_rows, their_cols = keys[index] >> (32 + column_bits), low_bits - (keys[index] & low_bits)
+        theirs, mine = scores[their_rows, their_cols], match_scores[owner]
+        wins = (theirs > mine) | ((theirs == mine) & (their_cols < match_cols[owner]))
+        ahead += np.bincount(owner[wins], minlength=len(ahead))
+    return ahead
 
 
-def _keys(rows: np.ndarray, scores: np.ndarray, cols: np.ndarray, column_bits: int) -> np.ndarray:
-    """(n,) int64 keys ordered as the ranking: by row, then score, then column *descending*, all exact.
-
-    A key is ``row << (32 + b) | (score bits + 2**31) << b | (2**b - 1 - column)`` for b column bits.
-    """
-    return _row_and_column(rows, cols, column_bits) + _score_bits(scores, column_bits)
-
-
-def _row_and_column(rows: np.ndarray, cols: np.ndarray, column_bits: int) -> np.ndarray:
-    """The row and column part of `_keys`, with the score part's offset of 2**31."""
+def _row_and_column(rows: np.ndarray, cols: np.ndarray | int, column_bits: int) -> np.ndarray:
+    """The row and column part of a candidate's key ``row << (32 + b) | (prefix + 2**31) << b | (2**b - 1 -
+    column)`` (b column bits), with the score part's offset of 2**31: keys order as the ranking does, up to the
+    score prefix."""
     return (rows << (32 + column_bits)) + ((1 << (31 + column_bits)) + (1 << column_bits) - 1) - cols
 
 
-def _score_bits(scores: np.ndarray, column_bits: int) -> np.ndarray:
-    """The score part of `_keys` less its offset: float32 bits read as int32 with the magnitude bits of negative
-    numbers flipped order as the floats do (-0.0 is made 0.0 first: the two are equal scores)."""
-    bits = (scores + np.float32(0.0)).view(np.int32)
-    bits ^= (bits >> 31) & 0x7FFFFFFF
-    return bits.astype(np.int64) << column_bits
+def _score_prefix(scores: np.ndarray) -> np.ndarray:
+    """(n,) int64 in [-2**31, 2**31): the first 32 bits of an integer that orders as the scores do, all of a float32.
+
+    A float's bits read as a signed integer, with the magnitude bits of negative numbers flipped, order as the
+    floats do (-0.0 is made 0.0 first: the two are equal scores).
+    """
+    if scores.dtype == np.float32:
+        bits = (scores + np.float32(0.0)).view(np.int32)
+        bits ^= (bits >> 31) & 0x7FFFFFFF
+        return bits.astype(np.int64)
+    bits = (scores + 0.0).view(np.int64)
+    bits ^= (bits >> 63) & 0x7FFFFFFFFFFFFFFF
+    return bits >> 32
 
 
 def _bits(num_cols: int) -> int:

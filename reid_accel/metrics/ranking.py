@@ -25,9 +25,8 @@ candidates; memory: one ``(chunk, G)`` block of scores at a time.
 
 Product: `product.similarity`, the faster of torch's and numpy's CPU matmul on this machine (measured once).
 
-Devices: float32 blocks on the CPU are ranked by `cpu_ranking.match_positions`, the same positions with numpy over
-a thread pool, from exact integer keys (see that module for how); CUDA blocks and other dtypes (float64) by the
-torch code here (`_block_ranks`).
+Devices: CPU blocks are ranked by `cpu_ranking.match_positions`, the same positions with numpy over a thread pool,
+from sorted integer keys (see that module for how); CUDA blocks by the torch code here (`_block_ranks`).
 """
 
 import dataclasses
@@ -56,8 +55,8 @@ NO_CAMERA = -1  # a camera id meaning "unknown" (data without cameras): same-cam
 # than at 1,024 (2048-d), while a block of about a thousand rows is still in cache when it is ranked and its buffer,
 # allocated once, is a third of Market's full product (whose pages the kernel would have to fault in): at Market
 # scale blocks of 1,024-1,700 queries took 1.11-1.12x the bare product, one block of 3,368 1.20x (BENCHMARKS.md).
-# The torch ranking (CUDA, and other dtypes on the CPU) walks a block in sub-blocks of 2**25 scores on the CPU:
-# every torch call is a parallel region, and on a busy machine each waits for a descheduled sibling thread.
+# The torch ranking (CUDA; on the CPU only in tests) walks a block in sub-blocks of 2**25 scores on the CPU: every
+# torch call is a parallel region, and on a busy machine each waits for a descheduled sibling thread.
 _PRODUCT_ENTRIES = {"cpu": 1 << 24, "cuda": 1 << 27}
 _MIN_PRODUCT_ROWS = {"cpu": 1024, "cuda": 2048}
 _RANKING_ENTRIES = {"cpu": 1 << 25, "cuda": 1 << 27}
@@ -256,9 +255,9 @@ class _Protocol:
         return self.pair_queries[first:last] - start, self.pair_columns[first:last], self.pair_is_match[first:last]
 
 
-def _numpy_on(block: torch.Tensor) -> bool:
-    """Whether `block` is ranked by `cpu_ranking` (numpy: float32 on the CPU) rather than `_block_ranks` (torch)."""
-    return block.device.type == "cpu" and block.dtype == torch.float32
+def _numpy_on(device: torch.device) -> bool:
+    """Whether blocks on `device` are ranked by `cpu_ranking` (numpy, the CPU) rather than `_block_ranks` (CUDA)."""
+    return device.type == "cpu"
 
 
 def product_rows(chunk_size: int | None, num_query: int, num_gallery: int, device: torch.device) -> int:
@@ -294,7 +293,7 @@ def _evaluate(
     aps, firsts = [], []
     for start in range(0, num_query, chunk_size):
         block = scores_of(start, min(start + chunk_size, num_query))  # (c, G_kept)
-        if _numpy_on(block):
+        if _numpy_on(device):
             pairs = (t.numpy() for t in protocol.same_pid_pairs(start, start + len(block)))
             found = match_positions(block.numpy(), *pairs, workers=torch.get_num_threads())
             ap, first = _ap_and_first(*(torch.from_numpy(a) for a in found), len(block), ap_mode=ap_mode)

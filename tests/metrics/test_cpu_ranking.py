@@ -21,12 +21,13 @@ def torch_and_numpy_positions(scores: np.ndarray, q_pids, g_pids, q_cams, g_cams
     return expected, found
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("seed", [0, 4])
-def test_numpy_positions_equal_the_torch_ones_in_any_chunking(seed, monkeypatch):
+def test_numpy_positions_equal_the_torch_ones_in_any_chunking(seed, dtype, monkeypatch):
     rng = np.random.default_rng(seed)
     q_pids, g_pids = rng.integers(1, 8, size=40), rng.integers(-1, 7, size=300)  # junk, distractors, no-match ids
     q_cams, g_cams = rng.integers(0, 4, size=40), rng.integers(0, 4, size=300)
-    scores = rng.integers(-4, 1, size=(40, 300)).astype(np.float32)  # many ties, between matches too
+    scores = rng.integers(-4, 1, size=(40, 300)).astype(dtype)  # many ties, between matches too
     scores[::3] = rng.normal(size=(14, 300))
     scores[5, ::2] = -0.0  # equal to 0.0
     scores[7, ::5] = np.inf
@@ -54,8 +55,23 @@ def test_scores_one_ulp_apart_and_subnormal_scores_rank_exactly(monkeypatch):
         np.testing.assert_array_equal(mine, theirs)
 
 
+def test_float64_scores_equal_in_their_first_32_bits_rank_exactly(monkeypatch):
+    rng = np.random.default_rng(2)
+    q_pids, g_pids = rng.integers(1, 4, size=6), rng.integers(0, 4, size=500)
+    q_cams, g_cams = rng.integers(0, 3, size=6), rng.integers(0, 3, size=500)
+    # a few ulps of float64 apart: one 32-bit prefix for all, and closer than the torch path's float64 keys resolve
+    steps = rng.integers(-3, 4, size=(6, 500))
+    scores = (np.full((6, 500), 0.731).view(np.int64) + steps).view(np.float64)
+    scores[2] = -scores[2]
+    chunkings = [(1 << 20, 1, 0.3), (1 << 20, 1, 1.0)]
+    expected, found = torch_and_numpy_positions(scores, q_pids, g_pids, q_cams, g_cams, monkeypatch, chunkings)
+    for ours in found:
+        for mine, theirs in zip(ours, expected, strict=True):
+            np.testing.assert_array_equal(mine, theirs)
+
+
 def test_other_dtypes_are_refused():
-    with pytest.raises(TypeError, match="float64"):
+    with pytest.raises(TypeError, match="float16"):
         cpu_ranking.match_positions(
-            np.zeros((2, 3)), *(np.zeros(0, dtype=np.int64),) * 2, np.zeros(0, bool), workers=1
+            np.zeros((2, 3), np.float16), *(np.zeros(0, dtype=np.int64),) * 2, np.zeros(0, bool), workers=1
         )
