@@ -75,3 +75,43 @@ def test_other_dtypes_are_refused():
         cpu_ranking.match_positions(
             np.zeros((2, 3), np.float16), *(np.zeros(0, dtype=np.int64),) * 2, np.zeros(0, bool), workers=1
         )
+
+
+def brute_force_positions(scores, rows, cols, is_match) -> np.ndarray:
+    """Each true match's position by counting, rows ascending, each row's matches worst first."""
+    found = []
+    for row in range(len(scores)):
+        mine = rows == row
+        removed, matches = set(cols[mine & ~is_match].tolist()), cols[mine & is_match].tolist()
+        for col in sorted(matches, key=lambda c, row=row: (scores[row, c], -c)):
+            ahead = [
+                j
+                for j in range(scores.shape[1])
+                if j != col
+                and j not in removed
+                and (scores[row, j] > scores[row, col] or (scores[row, j] == scores[row, col] and j < col))
+            ]
+            found.append(len(ahead))
+    return np.array(found, dtype=np.int64)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_both_rankings_equal_a_brute_force_count_on_scores_ulps_apart(dtype, monkeypatch):
+    rng = np.random.default_rng(5)
+    integer = np.int32 if dtype == np.float32 else np.int64
+    for trial in range(150):
+        num_rows, num_cols = rng.integers(1, 4), rng.integers(2, 9)
+        steps = rng.integers(-3, 4, size=(num_rows, num_cols)).astype(integer)
+        scores = (np.full((num_rows, num_cols), 0.731, dtype=dtype).view(integer) + steps).view(dtype)
+        scores[rng.random(scores.shape) < 0.1] *= -1
+        pairs = [(r, c) for r in range(num_rows) for c in range(num_cols) if rng.random() < 0.4]
+        is_match = rng.random(len(pairs)) < 0.7
+        if not is_match.any():
+            continue
+        rows, cols = (np.array(column, dtype=np.int64) for column in zip(*pairs, strict=True))
+        expected = brute_force_positions(scores, rows, cols, is_match)
+        monkeypatch.setattr(cpu_ranking, "_COUNT_WHILE_ABOVE", [0.0, 0.3, 1.0][trial % 3])
+        ours = cpu_ranking.match_positions(scores, rows, cols, is_match, workers=1)
+        torch_path = ranking._block_ranks(*(torch.from_numpy(a) for a in (scores, rows, cols, is_match)), bound=None)
+        np.testing.assert_array_equal(ours[2], expected)
+        np.testing.assert_array_equal(torch_path[2].numpy(), expected)
