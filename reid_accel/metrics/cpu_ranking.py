@@ -28,9 +28,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-# Scores per chunk of rows: enough to amortise a chunk's numpy calls (at Market scale 2**17 took 1.5-3x the time of
-# 2**20, 2**21 0.8-0.95x).
-_CHUNK_ENTRIES = 1 << 21
+# Scores per chunk of rows, at most: enough to amortise a chunk's numpy calls (at Market scale 2**17 took 1.5-3x the
+# time of 2**20, 2**21 0.8-1.05x), few enough that the workers finish together.
+_CHUNK_ENTRIES = 1 << 20
 # Deep matches are counted level by level while more than this share of their rows scores at least the last ones
 # counted (the fastest of 0.08, 0.15, 0.3 and counting none, on both models; see the module docstring).
 _COUNT_WHILE_ABOVE = 0.3
@@ -57,6 +57,8 @@ def match_positions(
     num_rows, num_cols = scores.shape
     column_bits = _bits(num_cols)
     step = max(1, min(_CHUNK_ENTRIES // max(1, num_cols), 1 << (_ROW_AND_COLUMN_BITS - column_bits)))
+    chunks = math.ceil(math.ceil(num_rows / step) / workers) * workers  # a multiple of the workers: none waits alone
+    step = max(1, math.ceil(num_rows / chunks))
     bounds = np.searchsorted(rows, np.arange(0, num_rows + step, step).clip(max=num_rows))
 
     def chunk(index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
