@@ -44,7 +44,7 @@ def match_positions(
     """Place the true matches of one block of queries.
 
     Args:
-        scores: (c, G) float32 similarities of the block's queries to the kept gallery, higher first.
+        scores: (c, G) float32 or float64 similarities of the block's queries to the kept gallery, higher first.
         rows, cols, is_match: (P,) the block's same-id pairs, rows ascending, columns ascending within a row.
         workers: threads ranking chunks of rows at once.
 
@@ -57,6 +57,7 @@ def match_positions(
     num_rows, num_cols = scores.shape
     column_bits = _bits(num_cols)
     step = max(1, min(_CHUNK_ENTRIES // max(1, num_cols), 1 << (_ROW_AND_COLUMN_BITS - column_bits)))
+    workers = max(1, workers)
     chunks = math.ceil(math.ceil(num_rows / step) / workers) * workers  # a multiple of the workers: none waits alone
     step = max(1, math.ceil(num_rows / chunks))
     bounds = np.searchsorted(rows, np.arange(0, num_rows + step, step).clip(max=num_rows))
