@@ -150,7 +150,7 @@ def load_benchmark(
         benchmark.prepare(root, **prepare_options)
     check_root(canonical, root)
     if benchmark.stored:
-        return load_saved(root)
+        return _warned_if_camera_free(load_saved(root), canonical, root)
     key = fingerprint(canonical, root, parse_options)
     entry = Path(cache_dir if cache_dir is not None else default_cache_dir()) / f"{canonical}-{key}"
     if not entry.is_dir():
@@ -161,11 +161,15 @@ def load_benchmark(
         logger.info("Parsed %s at %s (%s) in %.1f s", canonical, root, sizes, time.perf_counter() - start)
     else:
         logger.info("Loaded %s at %s from the cache %s", canonical, root, entry)
-    dataset = _read_cache(entry, canonical)
+    return _warned_if_camera_free(_read_cache(entry, canonical), canonical, root)
+
+
+def _warned_if_camera_free(dataset: DatasetDict, name: str, root: Path) -> DatasetDict:
+    """`dataset`, after a warning when it records no cameras."""
     if pc.max(dataset["query"].data.column("camid")).as_py() == NO_CAMERA:
         logger.warning(
             "%s at %s records no cameras: evaluation counts same-camera matches, camera-aware training is off",
-            canonical,
+            name,
             root,
         )
     return dataset

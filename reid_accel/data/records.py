@@ -87,8 +87,8 @@ class Benchmark:
             for benchmarks whose `parse` has a `subset` option.
         prepare: `prepare(root, *, <options>)`, run before the folder is read (the synthetic worlds draw themselves).
         notice: a line logged as a warning whenever the benchmark is loaded (a withdrawn dataset's terms).
-        has_cameras: `has_cameras(root, *, <parse options>) -> bool`, whether a parse will record cameras, answered
-            without parsing; None for benchmarks that always do.
+        has_cameras: `has_cameras(root, *, <parse options>) -> bool`, whether the data records cameras (what a
+            parse will give, or a saved folder holds), answered without parsing; None for benchmarks that always do.
     """
 
     title: str

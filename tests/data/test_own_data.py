@@ -116,6 +116,22 @@ def test_camera_free_data_loads_evaluates_and_refuses_camera_aware_training(tmp_
     )
 
 
+def test_a_saved_copy_of_camera_free_data_is_refused_for_camera_aware_training_too(tmp_path, write_folder, caplog):
+    root = people(tmp_path / "crops", write_folder, "person", persons=3, cameras=1, shots=2)
+    load_benchmark("folders", root, cache_dir=tmp_path / "cache").save_to_disk(tmp_path / "saved")
+    with_cameras = people(tmp_path / "cams", write_folder, "person", persons=3, cameras=2, shots=2)
+    options = {"camera_pattern": r"_c(\d)"}
+    load_benchmark("folders", with_cameras, cache_dir=tmp_path / "cache", **options).save_to_disk(tmp_path / "saved2")
+    assert not has_cameras("saved", tmp_path / "saved") and has_cameras("saved", tmp_path / "saved2")
+    with pytest.raises(ConfigError, match="saved at .* records no camera ids, which y needs"):
+        check_domain(DomainConfig(name="saved", root=str(tmp_path / "saved")), "data.target", needs_cameras="y")
+    check_domain(DomainConfig(name="saved", root=str(tmp_path / "saved2")), "data.target", needs_cameras="y")
+    with caplog.at_level("WARNING"):
+        load_benchmark("saved", tmp_path / "saved")
+    assert "records no cameras" in caplog.text
+    assert has_cameras("saved", tmp_path / "missing")  # cannot tell: loading it says what is wrong
+
+
 def test_options_reach_parse(tmp_path):
     assert split_options("folders", {"camera_level": 2}) == (
         {},

@@ -9,6 +9,32 @@ memory-mapped as it is.
 Official statistics: none.
 """
 
-from reid_accel.data.records import Benchmark
+import json
+import os
+from pathlib import Path
 
-BENCHMARK = Benchmark(title="saved re-ID dataset", parse=None)  # read by `load_benchmark` as it is, never parsed
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from reid_accel.data.records import NO_CAMERA, Benchmark
+
+TRAIN_SPLIT = "train"
+
+
+def has_cameras(root: str | os.PathLike) -> bool:
+    """Whether the saved train split records camera ids, read from its `camid` column alone (memory-mapped Arrow
+    files, no image decoded). True where the folder cannot tell: loading it names what is wrong."""
+    split, rows = Path(root) / TRAIN_SPLIT, 0
+    try:
+        for entry in json.loads((split / "state.json").read_text())["_data_files"]:
+            with pa.memory_map(str(split / entry["filename"])) as source:
+                cameras = pa.ipc.open_stream(source).read_all().column("camid")
+                rows += len(cameras)
+                if len(cameras) and pc.max(cameras).as_py() != NO_CAMERA:
+                    return True
+    except (OSError, ValueError, KeyError, TypeError, pa.ArrowException):
+        return True
+    return rows == 0
+
+
+BENCHMARK = Benchmark(title="saved re-ID dataset", parse=None, has_cameras=has_cameras)  # read as it is, never parsed
