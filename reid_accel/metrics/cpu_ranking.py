@@ -143,10 +143,19 @@ def _counted_positions(
         ahead[index] += np.count_nonzero(scores[row, :col] == match_scores[index])
     first = np.searchsorted(removed_rows, match_rows)
     owner, index = _expand_spans(first, np.searchsorted(removed_rows, match_rows, side="right"))
-    removed_scores, removed_cols = scores[removed_rows[index], removed_cols[index]], removed_cols[index]
-    mine, its_col = match_scores[owner], match_cols[owner]
-    removed_ahead = (removed_scores > mine) | ((removed_scores == mine) & (removed_cols < its_col))
+    their_cols = removed_cols[index]
+    removed_ahead = _ranks_before(
+        scores[removed_rows[index], their_cols], their_cols, match_scores[owner], match_cols[owner]
+    )
     return ahead - np.bincount(owner[removed_ahead], minlength=len(match_rows)), at_or_above
+
+
+def _ranks_before(
+    scores: np.ndarray, cols: np.ndarray, match_scores: np.ndarray, match_cols: np.ndarray
+) -> np.ndarray:
+    """(n,) bool: whether each item (score, column) ranks before its match: a higher score, or equal on a lower
+    column."""
+    return (scores > match_scores) | ((scores == match_scores) & (cols < match_cols))
 
 
 def _row_counts(mask: np.ndarray) -> np.ndarray:
@@ -177,7 +186,8 @@ def _candidates_above(
         (U,) counts.
     """
     num_rows, num_cols = scores.shape
-    column_bits, low_bits = _bits(num_cols), (1 << _bits(num_cols)) - 1
+    column_bits = _bits(num_cols)
+    low_bits = (1 << column_bits) - 1
     threshold = np.full(num_rows, np.inf, dtype=scores.dtype)  # each row's lowest match to place, else nothing
     np.minimum.at(threshold, match_rows, match_scores)
     candidate = scores >= threshold[:, None]  # (c, G)
@@ -196,8 +206,7 @@ def _candidates_above(
     owner, index = _expand_spans(first, last)
     if len(index):
         their_rows, their_cols = keys[index] >> (32 + column_bits), low_bits - (keys[index] & low_bits)
-        theirs, mine = scores[their_rows, their_cols], match_scores[owner]
-        wins = (theirs > mine) | ((theirs == mine) & (their_cols < match_cols[owner]))
+        wins = _ranks_before(scores[their_rows, their_cols], their_cols, match_scores[owner], match_cols[owner])
         ahead += np.bincount(owner[wins], minlength=len(ahead))
     return ahead
 

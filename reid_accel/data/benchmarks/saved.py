@@ -16,15 +16,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from reid_accel.data.records import NO_CAMERA, Benchmark
-
-TRAIN_SPLIT = "train"
+from reid_accel.data.records import NO_CAMERA, SPLIT_NAMES, Benchmark
 
 
 def has_cameras(root: str | os.PathLike) -> bool:
     """Whether the saved train split records camera ids, read from its `camid` column alone (memory-mapped Arrow
     files, no image decoded). True where the folder cannot tell: loading it names what is wrong."""
-    split, rows = Path(root) / TRAIN_SPLIT, 0
+    split, rows = Path(root) / SPLIT_NAMES[0], 0  # train
     try:
         for entry in json.loads((split / "state.json").read_text())["_data_files"]:
             with pa.memory_map(str(split / entry["filename"])) as source:
