@@ -23,10 +23,11 @@ are then settled exactly on the original scores and gallery indices), and a hist
 every match's position. Cost: the similarity product plus a few linear passes over each block and over the
 candidates; memory: one ``(chunk, G)`` block of scores at a time.
 
-Product: `product.similarity`, the faster of torch's and numpy's CPU matmul on this machine (measured once).
+Product: `product.similarity`, the faster of torch's and numpy's CPU matmul on this machine, measured on its first
+products.
 
 Devices: CPU blocks are ranked by `cpu_ranking.match_positions`, the same positions with numpy over a thread pool,
-from sorted integer keys (see that module for how); CUDA blocks by the torch code here (`_block_ranks`).
+each row's candidates sorted (see that module for how); CUDA blocks by the torch code here (`_block_ranks`).
 """
 
 import dataclasses

@@ -1,4 +1,4 @@
-"""The CPU ranking (numpy, exact integer keys, in chunks over threads) against the torch ranking."""
+"""The CPU ranking (numpy, each row's candidates sorted, in chunks over threads) against the torch ranking."""
 
 import numpy as np
 import pytest
@@ -8,15 +8,15 @@ from reid_accel.metrics import cpu_ranking, ranking
 
 
 def torch_and_numpy_positions(scores: np.ndarray, q_pids, g_pids, q_cams, g_cams, monkeypatch, chunkings):
-    """The torch path's positions, and the numpy path's in each (chunk entries, workers, counting threshold)."""
+    """The torch path's positions, and the numpy path's in each (chunk entries, workers, rows sorted alone from)."""
     protocol = ranking._Protocol.build(q_pids, g_pids, q_cams, g_cams, *scores.shape)
     block = torch.from_numpy(np.ascontiguousarray(scores[:, protocol.kept_columns.numpy()]))
     pairs = protocol.same_pid_pairs(0, len(scores))
     expected = [t.numpy() for t in ranking._block_ranks(block, *pairs, bound=None)]
     found = []
-    for chunk_entries, workers, count_while_above in chunkings:
+    for chunk_entries, workers, sort_alone_from in chunkings:
         monkeypatch.setattr(cpu_ranking, "_CHUNK_ENTRIES", chunk_entries)
-        monkeypatch.setattr(cpu_ranking, "_COUNT_WHILE_ABOVE", count_while_above)
+        monkeypatch.setattr(cpu_ranking, "_SORT_ALONE_FROM", sort_alone_from)
         found.append(cpu_ranking.match_positions(block.numpy(), *(t.numpy() for t in pairs), workers=workers))
     return expected, found
 
@@ -32,8 +32,8 @@ def test_numpy_positions_equal_the_torch_ones_in_any_chunking(seed, dtype, monke
     scores[5, ::2] = -0.0  # equal to 0.0
     scores[7, ::5] = np.inf
     scores[8, ::4] = -np.inf
-    # counting the worst match only (1.0), every match (0.0), or as far as the data says
-    chunkings = [(1 << 20, 1, 0.15), (1000, 1, 0.5), (300, 3, 1.0), (1, 2, 0.15), (1000, 2, 0.0)]
+    # rows sorted together (float32 only), one by one (0), or by their number of candidates (30)
+    chunkings = [(1 << 20, 1, 1 << 20), (1000, 1, 0), (300, 3, 30), (1, 2, 1 << 20), (1000, 2, 0)]
     expected, found = torch_and_numpy_positions(scores, q_pids, g_pids, q_cams, g_cams, monkeypatch, chunkings)
     assert len(expected[0]) > 100 and np.any(expected[1] > 3)
     for ours in found:
@@ -49,22 +49,24 @@ def test_scores_one_ulp_apart_and_subnormal_scores_rank_exactly(monkeypatch):
     scores = (np.full((6, 500), 0.731, dtype=np.float32).view(np.int32) + steps).view(np.float32)
     scores[3] = rng.integers(-2, 3, size=500) * np.float32(1e-45)  # subnormals, both signs, and zeros
     expected, found = torch_and_numpy_positions(
-        scores, q_pids, g_pids, q_cams, g_cams, monkeypatch, [(1 << 20, 1, 0.15)]
+        scores, q_pids, g_pids, q_cams, g_cams, monkeypatch, [(1 << 20, 1, 1 << 20), (1000, 2, 0)]
     )
-    for mine, theirs in zip(found[0], expected, strict=True):
-        np.testing.assert_array_equal(mine, theirs)
+    for ours in found:
+        for mine, theirs in zip(ours, expected, strict=True):
+            np.testing.assert_array_equal(mine, theirs)
 
 
-def test_float64_scores_equal_in_their_first_32_bits_rank_exactly(monkeypatch):
+def test_float64_scores_a_few_ulps_apart_rank_exactly(monkeypatch):
     rng = np.random.default_rng(2)
     q_pids, g_pids = rng.integers(1, 4, size=6), rng.integers(0, 4, size=500)
     q_cams, g_cams = rng.integers(0, 3, size=6), rng.integers(0, 3, size=500)
-    # a few ulps of float64 apart: one 32-bit prefix for all, and closer than the torch path's float64 keys resolve
+    # a few ulps of float64 apart: closer than the torch path's float64 keys resolve, and not float32-representable
     steps = rng.integers(-3, 4, size=(6, 500))
     scores = (np.full((6, 500), 0.731).view(np.int64) + steps).view(np.float64)
     scores[2] = -scores[2]
-    chunkings = [(1 << 20, 1, 0.3), (1 << 20, 1, 1.0)]
-    expected, found = torch_and_numpy_positions(scores, q_pids, g_pids, q_cams, g_cams, monkeypatch, chunkings)
+    expected, found = torch_and_numpy_positions(
+        scores, q_pids, g_pids, q_cams, g_cams, monkeypatch, [(1 << 20, 1, 1 << 20), (1000, 2, 0)]
+    )
     for ours in found:
         for mine, theirs in zip(ours, expected, strict=True):
             np.testing.assert_array_equal(mine, theirs)
@@ -110,7 +112,7 @@ def test_both_rankings_equal_a_brute_force_count_on_scores_ulps_apart(dtype, mon
             continue
         rows, cols = (np.array(column, dtype=np.int64) for column in zip(*pairs, strict=True))
         expected = brute_force_positions(scores, rows, cols, is_match)
-        monkeypatch.setattr(cpu_ranking, "_COUNT_WHILE_ABOVE", [0.0, 0.3, 1.0][trial % 3])
+        monkeypatch.setattr(cpu_ranking, "_SORT_ALONE_FROM", [0, 1 << 20][trial % 2])
         ours = cpu_ranking.match_positions(scores, rows, cols, is_match, workers=1)
         torch_path = ranking._block_ranks(*(torch.from_numpy(a) for a in (scores, rows, cols, is_match)), bound=None)
         np.testing.assert_array_equal(ours[2], expected)
