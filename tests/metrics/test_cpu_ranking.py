@@ -6,19 +6,34 @@ import torch
 
 from reid_accel.metrics import cpu_ranking, ranking
 
+# Rows sorted together as keys (float32 only), then each row sorted alone.
+BOTH_WAYS = [(1 << 20, 1, 1 << 20), (1000, 2, 0)]
 
-def torch_and_numpy_positions(scores: np.ndarray, q_pids, g_pids, q_cams, g_cams, monkeypatch, chunkings):
-    """The torch path's positions, and the numpy path's in each (chunk entries, workers, rows sorted alone from)."""
-    protocol = ranking._Protocol.build(q_pids, g_pids, q_cams, g_cams, *scores.shape)
+
+def assert_numpy_positions_equal_torch_ones(scores: np.ndarray, ids, monkeypatch, chunkings) -> list[np.ndarray]:
+    """The numpy path's positions in each (chunk entries, workers, rows sorted alone from) equal the torch path's,
+    which are returned. ``ids``: query and gallery ids, query and gallery cameras."""
+    protocol = ranking._Protocol.build(*ids, *scores.shape)
     block = torch.from_numpy(np.ascontiguousarray(scores[:, protocol.kept_columns.numpy()]))
     pairs = protocol.same_pid_pairs(0, len(scores))
     expected = [t.numpy() for t in ranking._block_ranks(block, *pairs, bound=None)]
-    found = []
     for chunk_entries, workers, sort_alone_from in chunkings:
         monkeypatch.setattr(cpu_ranking, "_CHUNK_ENTRIES", chunk_entries)
         monkeypatch.setattr(cpu_ranking, "_SORT_ALONE_FROM", sort_alone_from)
-        found.append(cpu_ranking.match_positions(block.numpy(), *(t.numpy() for t in pairs), workers=workers))
-    return expected, found
+        found = cpu_ranking.match_positions(block.numpy(), *(t.numpy() for t in pairs), workers=workers)
+        for mine, theirs in zip(found, expected, strict=True):
+            np.testing.assert_array_equal(mine, theirs)
+    return expected
+
+
+def few_ids(rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """Ids and cameras of 6 queries and 500 gallery items: many matches per query."""
+    return (
+        rng.integers(1, 4, size=6),
+        rng.integers(0, 4, size=500),
+        rng.integers(0, 3, size=6),
+        rng.integers(0, 3, size=500),
+    )
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -34,42 +49,29 @@ def test_numpy_positions_equal_the_torch_ones_in_any_chunking(seed, dtype, monke
     scores[8, ::4] = -np.inf
     # rows sorted together (float32 only), one by one (0), or by their number of candidates (30)
     chunkings = [(1 << 20, 1, 1 << 20), (1000, 1, 0), (300, 3, 30), (1, 2, 1 << 20), (1000, 2, 0)]
-    expected, found = torch_and_numpy_positions(scores, q_pids, g_pids, q_cams, g_cams, monkeypatch, chunkings)
+    expected = assert_numpy_positions_equal_torch_ones(
+        scores, (q_pids, g_pids, q_cams, g_cams), monkeypatch, chunkings
+    )
     assert len(expected[0]) > 100 and np.any(expected[1] > 3)
-    for ours in found:
-        for mine, theirs in zip(ours, expected, strict=True):
-            np.testing.assert_array_equal(mine, theirs)
 
 
 def test_scores_one_ulp_apart_and_subnormal_scores_rank_exactly(monkeypatch):
     rng = np.random.default_rng(1)
-    q_pids, g_pids = rng.integers(1, 4, size=6), rng.integers(0, 4, size=500)
-    q_cams, g_cams = rng.integers(0, 3, size=6), rng.integers(0, 3, size=500)
+    ids = few_ids(rng)
     steps = rng.integers(-3, 4, size=(6, 500), dtype=np.int32)  # a few ulps around one value
     scores = (np.full((6, 500), 0.731, dtype=np.float32).view(np.int32) + steps).view(np.float32)
     scores[3] = rng.integers(-2, 3, size=500) * np.float32(1e-45)  # subnormals, both signs, and zeros
-    expected, found = torch_and_numpy_positions(
-        scores, q_pids, g_pids, q_cams, g_cams, monkeypatch, [(1 << 20, 1, 1 << 20), (1000, 2, 0)]
-    )
-    for ours in found:
-        for mine, theirs in zip(ours, expected, strict=True):
-            np.testing.assert_array_equal(mine, theirs)
+    assert_numpy_positions_equal_torch_ones(scores, ids, monkeypatch, BOTH_WAYS)
 
 
 def test_float64_scores_a_few_ulps_apart_rank_exactly(monkeypatch):
     rng = np.random.default_rng(2)
-    q_pids, g_pids = rng.integers(1, 4, size=6), rng.integers(0, 4, size=500)
-    q_cams, g_cams = rng.integers(0, 3, size=6), rng.integers(0, 3, size=500)
+    ids = few_ids(rng)
     # a few ulps of float64 apart: closer than the torch path's float64 keys resolve, and not float32-representable
     steps = rng.integers(-3, 4, size=(6, 500))
     scores = (np.full((6, 500), 0.731).view(np.int64) + steps).view(np.float64)
     scores[2] = -scores[2]
-    expected, found = torch_and_numpy_positions(
-        scores, q_pids, g_pids, q_cams, g_cams, monkeypatch, [(1 << 20, 1, 1 << 20), (1000, 2, 0)]
-    )
-    for ours in found:
-        for mine, theirs in zip(ours, expected, strict=True):
-            np.testing.assert_array_equal(mine, theirs)
+    assert_numpy_positions_equal_torch_ones(scores, ids, monkeypatch, BOTH_WAYS)
 
 
 def test_other_dtypes_are_refused():
