@@ -135,19 +135,17 @@ def _items_ahead(
         mine = slice(row_first[row] + 1, row_first[row] + per_row[row])
         values = np.compress(candidate[row], scores[row])
         values.sort()
-        _count_above(values, match_scores[mine], above[mine], tied[mine])
+        above[mine], tied[mine] = _count_above(values, match_scores[mine])
     if together.any():
         candidate[~together] = False
+        keyed = np.where(together, counts, 0)  # (c,) each row's keys
         values = scores.reshape(-1).take(np.flatnonzero(candidate))  # row-major
-        keys = (np.repeat(np.arange(len(scores)), np.where(together, counts, 0)) << 32) + _order_keys(values)
+        keys = (np.repeat(np.arange(len(scores)), keyed) << 32) + _order_keys(values)
         keys.sort()
         mine = np.flatnonzero(together[match_rows] & (np.arange(len(match_rows)) > row_first[match_rows]))
-        needles = (match_rows[mine] << 32) + _order_keys(match_scores[mine])
-        found_above, found_tied = np.empty(len(mine), dtype=np.int64), np.empty(len(mine), dtype=bool)
-        _count_above(keys, needles, found_above, found_tied)
+        found_above, tied[mine] = _count_above(keys, (match_rows[mine] << 32) + _order_keys(match_scores[mine]))
         # Past a row's keys are the later rows': they are not above its matches.
-        above[mine] = found_above - (len(keys) - np.cumsum(np.where(together, counts, 0)))[match_rows[mine]]
-        tied[mine] = found_tied
+        above[mine] = found_above - (len(keys) - np.cumsum(keyed))[match_rows[mine]]
 
     for index in np.flatnonzero(tied).tolist():  # rare ties: of equal scores the lower columns go first
         row, col = match_rows[index], match_cols[index]
@@ -155,13 +153,11 @@ def _items_ahead(
     return above
 
 
-def _count_above(ordered: np.ndarray, needles: np.ndarray, above: np.ndarray, tied: np.ndarray) -> None:
-    """For needles found in the sorted ``ordered`` (each equal to one of its entries), the entries above each,
-    and whether another entry equals it (a false alarm where ``ordered`` holds a single entry), written into
-    ``above`` and ``tied``."""
+def _count_above(ordered: np.ndarray, needles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For needles found in the sorted ``ordered`` (each equal to one of its entries): (n,) the entries above
+    each, and (n,) whether another entry equals it (a false alarm where ``ordered`` holds a single entry)."""
     higher = ordered.searchsorted(needles, side="right")  # past the needle and the entries equal to it
-    above[:] = len(ordered) - higher
-    tied[:] = ordered[higher - 2] == needles  # the entry before the last equal one equals it too
+    return len(ordered) - higher, ordered[higher - 2] == needles  # the entry before the last equal one equals it
 
 
 def _order_keys(values: np.ndarray) -> np.ndarray:
